@@ -1,0 +1,71 @@
+"""Dense layers: linear and embedding."""
+from __future__ import annotations
+
+from ..ir import TensorType
+from .base import Attrs, Module, Op, ShapeError, expect_rank, register, static_int
+
+
+class LinearAttrs(Attrs):
+    out: int
+    bias: bool = True
+    tie: str | None = None
+
+
+@register
+class Linear(Op):
+    name = "linear"
+    Attrs = LinearAttrs
+    doc = "y = x Wᵀ + b over the last axis (torch.nn.Linear)."
+
+    def infer(self, a, ins):
+        (x,) = ins
+        if x.rank < 1:
+            raise ShapeError("E0302", f"linear expects at least one axis, got {x}")
+        if a.out <= 0:
+            raise ShapeError("E0305", f"linear needs a positive output size, got {a.out}")
+        return [TensorType(x.shape[:-1] + (a.out,), x.dtype)]
+
+    def params(self, a, ins):
+        n_in = static_int(ins[0].shape[-1], "linear's input width")
+        p = {"weight": (a.out, n_in)}
+        if a.bias:
+            p["bias"] = (a.out,)
+        return p
+
+    def flops(self, a, ins, outs):
+        return 2 * ins[0].numel() * a.out
+
+    def lower(self, a, ins, outs):
+        return Module("nn.Linear", (static_int(ins[0].shape[-1], "linear's input width"), a.out),
+                      {} if a.bias else {"bias": False})
+
+
+class EmbeddingAttrs(Attrs):
+    num: int
+    dim: int
+    padding_idx: int | None = None
+
+
+@register
+class Embedding(Op):
+    name = "embedding"
+    Attrs = EmbeddingAttrs
+    doc = "Table lookup (torch.nn.Embedding): int[...] -> float32[..., dim]. FLOPs: 0 (a lookup)."
+
+    def infer(self, a, ins):
+        (x,) = ins
+        if x.dtype not in ("int64", "int32"):
+            raise ShapeError("E0303", f"embedding expects integer indices, got {x}",
+                             label=f"this is {x}", help="embed token ids (int64), not features")
+        if a.num <= 0 or a.dim <= 0:
+            raise ShapeError("E0305", f"embedding needs positive sizes, got num={a.num}, dim={a.dim}")
+        if a.padding_idx is not None and not -a.num <= a.padding_idx < a.num:
+            raise ShapeError("E0304", f"padding_idx={a.padding_idx} is outside a table of {a.num} rows")
+        return [TensorType(x.shape + (a.dim,), "float32")]
+
+    def params(self, a, ins):
+        return {"weight": (a.num, a.dim)}
+
+    def lower(self, a, ins, outs):
+        kw = {} if a.padding_idx is None else {"padding_idx": a.padding_idx}
+        return Module("nn.Embedding", (a.num, a.dim), kw)
