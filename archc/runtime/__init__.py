@@ -1,0 +1,1 @@
+"""What generated code runs on: imports torch, never the compiler."""

@@ -1,0 +1,766 @@
+"""Elaboration: a model and its arguments -> the graph IR.
+
+An interpreter over the AST. Hyperparameters are ordinary values; tensors are
+`Value`s (an output port of a node in the graph being built); ops and blocks
+not yet applied are `OpRef`s. Applying an op adds one node, with its shape
+inferred at once, because later decisions (`x.shape[1]`, `if`) depend on it.
+Module paths follow LANGUAGE.md section 5.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..grammar import ast as A
+from .diagnostics import CompileError, Diagnostic, Span, did_you_mean
+from .dims import NotStatic, Sym, fmt_shape
+from .ir import CallSite, Graph, TensorType, Value
+from .ops import REGISTRY, ShapeError
+from .ops.base import Op
+from .resolve import BUILTINS, Program
+
+DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
+MAX_CALL_DEPTH = 64
+MAX_NODES = 200_000
+
+
+# -- values ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OpRef:
+    """An op or block with some hyperparameters bound, not yet applied."""
+
+    callee: Any  # an Op, or an A.BlockDecl
+    args: tuple = ()
+    kwargs: tuple = ()  # ((name, value, span), ...)
+    span: Span | None = None
+
+    @property
+    def name(self) -> str:
+        return self.callee.name
+
+
+@dataclass(frozen=True)
+class Repeat:
+    stage: Any
+    count: int
+    span: Span | None = None
+
+
+@dataclass(frozen=True)
+class Labelled:
+    label: str
+    stage: Any
+    span: Span | None = None
+
+
+@dataclass(frozen=True)
+class Annotated:
+    annotation: str
+    stage: Any
+    span: Span | None = None
+
+
+@dataclass(frozen=True)
+class ModuleRef:
+    """A labelled module, reused with shared weights."""
+
+    path: str
+    node: int  # the node that created it
+
+
+STAGE_TYPES = (OpRef, Repeat, Labelled, Annotated, ModuleRef)
+
+
+def kind_of(v) -> str:
+    if isinstance(v, Value):
+        return f"a tensor {v.type}"
+    if isinstance(v, bool):
+        return "a bool"
+    if isinstance(v, int):
+        return "an int"
+    if isinstance(v, Sym):
+        return f"a symbolic size `{v}`"
+    if isinstance(v, float):
+        return "a float"
+    if isinstance(v, str):
+        return "a string"
+    if v is None:
+        return "none"
+    if isinstance(v, (list, tuple)):
+        return "a list" if isinstance(v, list) else "a tuple"
+    if isinstance(v, STAGE_TYPES):
+        return "an op"
+    return type(v).__name__
+
+
+class _Return(Exception):
+    def __init__(self, value):
+        self.value = value
+
+
+# -- scopes --------------------------------------------------------------------
+
+@dataclass
+class Scope:
+    """One block instance (or model): its variables and where its modules go."""
+
+    prefix: str  # module path of the instance ("" for the top model)
+    block: str
+    calls: tuple[CallSite, ...]
+    vars: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, ModuleRef] = field(default_factory=dict)
+    outputs: list[tuple[str, Any]] = field(default_factory=list)
+    inputs: list | None = None  # tensors bound to `input` statements when used as a block
+    is_top: bool = False
+
+    def path(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fresh(self, base: str) -> str:
+        k = self.counters.get(base, 0)
+        self.counters[base] = k + 1
+        return f"{base}_{k}"
+
+
+def _rank_note(scope: Scope) -> list[str]:
+    notes = []
+    for site in reversed(scope.calls):
+        where = f" at `{site.path}`" if site.path else ""
+        frm = f", called from {site.span}" if site.span else ""
+        notes.append(f"in block {site.block}{where}{frm}")
+    return notes
+
+
+# -- the elaborator --------------------------------------------------------------
+
+class Elaborator:
+    def __init__(self, prog: Program, dims: dict[str, int] | None = None):
+        self.prog = prog
+        self.dims = dict(dims or {})
+        self.graph: Graph | None = None
+        self._lets: dict[str, Any] = {}
+        self._lets_busy: set[str] = set()
+        self.used_paths: dict[str, int] = {}
+
+    # entry point
+    def elaborate(self, model: str, args: dict[str, Any] | None = None, span: Span | None = None) -> Graph:
+        decl = self.prog.blocks.get(model)
+        if decl is None or decl.kind != "model":
+            models = self.prog.models(own_only=False)
+            raise CompileError(Diagnostic("E0104", f"no model named `{model}`", span,
+                                          help=did_you_mean(model, models) or
+                                          ("models here: " + ", ".join(models) if models else None)))
+        self.graph = Graph(model)
+        scope = Scope(prefix="", block=model, calls=(), is_top=True)
+        self._bind_params(decl, scope, [], list((args or {}).items()), kw_spans={}, call_span=span,
+                          from_cli=True)
+        self._run_body(decl, scope)
+        if not self.graph.outputs:
+            raise CompileError(Diagnostic("E0212", f"model `{model}` has no `output`", decl.name_span,
+                                          help="name its results: `output logits = ...`"))
+        return self.graph
+
+    # -- errors --------------------------------------------------------------
+    def err(self, code: str, message: str, span: Span | None, scope: Scope | None = None, **kw) -> CompileError:
+        notes = kw.pop("notes", []) + (_rank_note(scope) if scope else [])
+        return CompileError(Diagnostic(code, message, span, notes=notes, **kw))
+
+    # -- parameters ------------------------------------------------------------
+    def _bind_params(self, decl: A.BlockDecl, scope: Scope, tensors: list, kwargs: list,
+                     kw_spans: dict, call_span: Span | None, from_cli: bool = False,
+                     positional: list | None = None) -> None:
+        tensor_params = [p for p in decl.params if p.type in (None, "tensor")]
+        hyper = [p for p in decl.params if p.type not in (None, "tensor")]
+        if decl.kind == "model":
+            tensor_params = []  # a model's tensors are its `input` statements
+            hyper = list(decl.params)
+            scope.inputs = list(tensors)
+        else:
+            if len(tensors) != len(tensor_params):
+                raise self.err("E0306", f"block `{decl.name}` takes {len(tensor_params)} tensor input(s), "
+                               f"got {len(tensors)}", call_span, scope,
+                               help="feed it a tuple to pass several tensors: `(a, b) -> " + decl.name + "`"
+                               if len(tensor_params) > 1 else None)
+            for p, t in zip(tensor_params, tensors):
+                scope.vars[p.name] = t
+        positional = list(positional or [])
+        if len(positional) > len(hyper):
+            raise self.err("E0205", f"`{decl.name}` takes {len(hyper)} hyperparameter(s), got {len(positional)}",
+                           call_span, scope)
+        given: dict[str, tuple[Any, Span | None]] = {}
+        for p, v in zip(hyper, positional):
+            given[p.name] = (v, call_span)
+        names = {p.name for p in hyper}
+        for name, value in kwargs:
+            if name not in names:
+                raise self.err("E0203", f"`{decl.name}` has no parameter `{name}`", kw_spans.get(name, call_span),
+                               scope, help=did_you_mean(name, names) or
+                               ("its parameters: " + ", ".join(sorted(names)) if names else None))
+            if name in given:
+                raise self.err("E0205", f"parameter `{name}` given twice", kw_spans.get(name, call_span), scope)
+            given[name] = (value, kw_spans.get(name, call_span))
+        for p in hyper:
+            if p.name in given:
+                value, vspan = given[p.name]
+                scope.vars[p.name] = self._check_param_type(decl, p, value, vspan, scope)
+            elif p.default is not None:
+                scope.vars[p.name] = self._check_param_type(decl, p, self.eval(p.default, scope), p.default.span,
+                                                            scope)
+            else:
+                raise self.err("E0204", f"`{decl.name}` needs a value for `{p.name}`", call_span or decl.name_span,
+                               scope, help=f"pass `{p.name}=...`" + (" with --set" if from_cli else ""))
+
+    def _check_param_type(self, decl, p: A.Param, value, span, scope):
+        t = p.type
+        ok = {
+            "int": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, Sym),
+            "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "bool": lambda v: isinstance(v, bool),
+            "str": lambda v: isinstance(v, str),
+            "list": lambda v: isinstance(v, (list, tuple)),
+            "op": lambda v: isinstance(v, STAGE_TYPES) or isinstance(v, list),
+            "any": lambda v: True,
+        }.get(t)
+        if ok is None:
+            raise self.err("E0206", f"unknown parameter type `{t}`", p.span, scope,
+                           help="types are int, float, bool, str, list, op and tensor")
+        if not ok(value):
+            raise self.err("E0206", f"`{p.name}` of `{decl.name}` is {t}, got {kind_of(value)}", span, scope)
+        if t == "float" and isinstance(value, int):
+            value = float(value)
+        return value
+
+    # -- statements ------------------------------------------------------------
+    def _run_body(self, decl: A.BlockDecl, scope: Scope):
+        try:
+            self._run(decl.body, scope)
+        except _Return as r:
+            return r.value
+        if scope.outputs:
+            vals = [v for _, v in scope.outputs]
+            return vals[0] if len(vals) == 1 else tuple(vals)
+        if not scope.is_top:
+            raise self.err("E0212", f"block `{decl.name}` returns nothing", decl.name_span, scope,
+                           help="end it with `return ...`")
+        return None
+
+    def _run(self, stmts, scope: Scope) -> None:
+        for s in stmts:
+            self._stmt(s, scope)
+
+    def _stmt(self, s, scope: Scope) -> None:
+        if isinstance(s, A.Assign):
+            scope.vars[s.name] = self.eval(s.value, scope)
+        elif isinstance(s, A.Unpack):
+            v = self.eval(s.value, scope)
+            if not isinstance(v, (list, tuple)) or len(v) != len(s.names):
+                n = len(v) if isinstance(v, (list, tuple)) else 1
+                raise self.err("E0209", f"cannot unpack {n} value(s) into {len(s.names)} names", s.span, scope,
+                               label=f"this is {kind_of(v)}")
+            for name, x in zip(s.names, v):
+                scope.vars[name] = x
+        elif isinstance(s, A.Return):
+            vals = [self.eval(v, scope) for v in s.values]
+            raise _Return(vals[0] if len(vals) == 1 else tuple(vals))
+        elif isinstance(s, A.Input):
+            self._input(s, scope)
+        elif isinstance(s, A.Output):
+            v = self.eval(s.value, scope)
+            if not isinstance(v, Value):
+                raise self.err("E0212", f"output `{s.name}` must be a tensor, got {kind_of(v)}", s.value.span, scope)
+            scope.vars[s.name] = v
+            scope.outputs.append((s.name, v))
+            if scope.is_top:
+                self.graph.add("output", _io_attrs(s.name), [v], [], s.name, s.span)
+        elif isinstance(s, A.If):
+            c = self._truth(self.eval(s.cond, scope), s.cond.span, scope)
+            if c:
+                self._run(s.then, scope)
+            elif s.orelse:
+                self._run(s.orelse, scope)
+        elif isinstance(s, A.For):
+            it = self.eval(s.iter, scope)
+            if not isinstance(it, (list, tuple, range)):
+                raise self.err("E0206", f"`for` needs a list or `range(...)`, got {kind_of(it)}", s.iter.span, scope)
+            for x in it:
+                scope.vars[s.var] = x
+                self._run(s.body, scope)
+        elif isinstance(s, A.Assert):
+            if not self._truth(self.eval(s.cond, scope), s.cond.span, scope):
+                raise self.err("E0208", s.message or "assertion failed", s.cond.span, scope,
+                               label="this is false")
+        else:  # pragma: no cover - the grammar has no other statements
+            raise AssertionError(s)
+
+    def _truth(self, v, span, scope) -> bool:
+        try:
+            return bool(v)
+        except NotStatic as e:
+            raise self.err("E0213", f"cannot decide this at compile time: {e}", span, scope,
+                           help="bind the symbol with `--dim`, or make the decision on hyperparameters")
+
+    def _input(self, s: A.Input, scope: Scope) -> None:
+        t = self._tensor_type(s.type, scope)
+        if scope.is_top:
+            node = self.graph.add("input", _io_attrs(s.name), [], [t], s.name, s.span)
+            scope.vars[s.name] = Value(node.id, 0, t)
+            return
+        # A model used as a block: bind the next given tensor, checking its shape.
+        if not scope.inputs:
+            raise self.err("E0306", f"model `{scope.block}` used as a block needs a tensor for input `{s.name}`",
+                           s.span, scope)
+        v = scope.inputs.pop(0)
+        if not isinstance(v, Value):
+            raise self.err("E0206", f"input `{s.name}` needs a tensor, got {kind_of(v)}", s.span, scope)
+        if v.type.rank != t.rank or any(isinstance(a, int) and isinstance(b, int) and a != b
+                                        for a, b in zip(v.type.shape, t.shape)):
+            raise self.err("E0301", f"input `{s.name}` of `{scope.block}` expects {t}, got {v.type}", s.span,
+                           scope)
+        scope.vars[s.name] = v
+
+    def _tensor_type(self, te: A.TensorTypeExpr, scope: Scope) -> TensorType:
+        dtype = te.dtype or "float32"
+        if dtype not in DTYPES:
+            raise self.err("E0206", f"unknown dtype `{dtype}`", te.span, scope,
+                           help=did_you_mean(dtype, DTYPES) or "dtypes: " + ", ".join(sorted(DTYPES)))
+        dims = []
+        for d in te.dims:
+            v = self.eval(d, scope, symbols=True)
+            if isinstance(v, bool) or not isinstance(v, (int, Sym)):
+                raise self.err("E0206", f"a dimension must be an integer or a symbol, got {kind_of(v)}", d.span,
+                               scope)
+            if isinstance(v, int) and v <= 0:
+                raise self.err("E0305", f"dimension {v} is not positive", d.span, scope)
+            if isinstance(v, int) and v > 2**40:
+                raise self.err("E0401", f"dimension {v} is too large", d.span, scope)
+            dims.append(v)
+        return TensorType(tuple(dims), dtype)
+
+    # -- expressions ------------------------------------------------------------
+    def eval(self, e, scope: Scope, symbols: bool = False):
+        method = getattr(self, "_e_" + type(e).__name__)
+        return method(e, scope, symbols) if method.__code__.co_argcount == 4 else method(e, scope)
+
+    def _e_Num(self, e, scope):
+        return e.value
+
+    def _e_Str(self, e, scope):
+        return e.value
+
+    def _e_Const(self, e, scope):
+        return e.value
+
+    def _e_ListExpr(self, e, scope):
+        return [self.eval(x, scope) for x in e.items]
+
+    def _e_TupleExpr(self, e, scope):
+        return tuple(self.eval(x, scope) for x in e.items)
+
+    def _e_Name(self, e, scope, symbols=False):
+        n = e.id
+        if n in scope.vars:
+            return scope.vars[n]
+        if n in scope.labels:
+            return scope.labels[n]
+        if symbols and n in self.dims:
+            return self.dims[n]
+        if n in self.prog.lets:
+            return self._let(n, e.span)
+        if n in self.prog.blocks:
+            return OpRef(self.prog.blocks[n], span=e.span)
+        if n in REGISTRY:
+            return OpRef(REGISTRY[n], span=e.span)
+        if n in BUILTINS:
+            return _Builtin(n)
+        if symbols:
+            return Sym.symbol(n)
+        visible = set(scope.vars) | set(scope.labels) | set(self.prog.lets) | set(self.prog.blocks) | set(REGISTRY)
+        raise self.err("E0201", f"unknown name `{n}`", e.span, scope, label="not defined",
+                       help=did_you_mean(n, visible))
+
+    def _let(self, name: str, span):
+        if name in self._lets:
+            return self._lets[name]
+        if name in self._lets_busy:
+            raise self.err("E0201", f"`{name}` is defined in terms of itself", span)
+        self._lets_busy.add(name)
+        decl = self.prog.lets[name]
+        value = self.eval(decl.value, Scope(prefix="", block="let", calls=()))
+        self._lets_busy.discard(name)
+        self._lets[name] = value
+        return value
+
+    def _e_Attr(self, e, scope):
+        obj = self.eval(e.obj, scope)
+        if isinstance(obj, Value):
+            if e.name == "shape":
+                return tuple(obj.type.shape)
+            if e.name == "dtype":
+                return obj.type.dtype
+            if e.name == "rank":
+                return obj.type.rank
+        raise self.err("E0201", f"{kind_of(obj)} has no attribute `{e.name}`", e.span, scope,
+                       help="tensors have `.shape`, `.dtype` and `.rank`" if isinstance(obj, Value) else None)
+
+    def _e_Index(self, e, scope):
+        obj = self.eval(e.obj, scope)
+        idx = self.eval(e.index, scope)
+        if not isinstance(obj, (list, tuple, str)):
+            raise self.err("E0206", f"cannot index {kind_of(obj)}", e.obj.span, scope)
+        if isinstance(idx, bool) or not isinstance(idx, int):
+            raise self.err("E0206", f"an index must be an int, got {kind_of(idx)}", e.index.span, scope)
+        if not -len(obj) <= idx < len(obj):
+            raise self.err("E0304", f"index {idx} is out of range for length {len(obj)}", e.index.span, scope)
+        return obj[idx]
+
+    def _e_Cond(self, e, scope):
+        return self.eval(e.then, scope) if self._truth(self.eval(e.cond, scope), e.cond.span, scope) \
+            else self.eval(e.orelse, scope)
+
+    def _e_UnaryOp(self, e, scope, symbols=False):
+        v = self.eval(e.operand, scope, symbols)
+        if e.op == "not":
+            return not self._truth(v, e.operand.span, scope)
+        if isinstance(v, Value):
+            return self._apply_op(REGISTRY["neg"], {}, [v], e.span, scope)
+        if isinstance(v, (int, float, Sym)) and not isinstance(v, bool):
+            return -v
+        raise self.err("E0206", f"cannot negate {kind_of(v)}", e.span, scope)
+
+    def _e_BinOp(self, e, scope, symbols=False):
+        op = e.op
+        if op in ("and", "or"):
+            left = self.eval(e.left, scope)
+            lt = self._truth(left, e.left.span, scope)
+            if (op == "and" and not lt) or (op == "or" and lt):
+                return left
+            return self.eval(e.right, scope)
+        a = self.eval(e.left, scope, symbols)
+        b = self.eval(e.right, scope, symbols)
+        if isinstance(a, Value) or isinstance(b, Value):
+            return self._tensor_binop(op, a, b, e, scope)
+        if isinstance(a, STAGE_TYPES) or isinstance(b, STAGE_TYPES):
+            if op == "*" and isinstance(a, STAGE_TYPES + (list,)) and _is_int(b):
+                if b < 0 or b > MAX_NODES:
+                    raise self.err("E0401" if b > 0 else "E0207", f"cannot repeat a stage {b} times", e.right.span,
+                                   scope)
+                return Repeat(a, b, e.span)
+            raise self.err("E0206", f"`{op}` cannot take {kind_of(a)} and {kind_of(b)}", e.span, scope,
+                           help="`STAGE * N` repeats a stage; other operators work on values and tensors")
+        try:
+            return _arith(op, a, b)
+        except ZeroDivisionError:
+            raise self.err("E0210", "division by zero", e.span, scope)
+        except NotStatic as ex:
+            raise self.err("E0213", f"cannot decide this at compile time: {ex}", e.span, scope)
+        except (TypeError, ValueError, OverflowError):
+            raise self.err("E0206", f"`{op}` cannot take {kind_of(a)} and {kind_of(b)}", e.span, scope)
+
+    def _tensor_binop(self, op, a, b, e, scope):
+        if isinstance(a, STAGE_TYPES) or isinstance(b, STAGE_TYPES):
+            raise self.err("E0004", f"`{op}` between an op and a tensor", e.span, scope,
+                           label="this is part of a pipeline stage",
+                           help="`->` binds loosest: write `(x -> conv(64, 3)) " + op + " x`")
+        names = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}
+        if isinstance(a, Value) and isinstance(b, Value):
+            if op not in names:
+                raise self.err("E0206", f"`{op}` does not apply to tensors", e.span, scope)
+            return self._apply_op(REGISTRY[names[op]], {}, [a, b], e.span, scope)
+        t, other, tensor_left = (a, b, True) if isinstance(a, Value) else (b, a, False)
+        if not (isinstance(other, (int, float)) and not isinstance(other, bool)):
+            raise self.err("E0206", f"`{op}` cannot take {kind_of(a)} and {kind_of(b)}", e.span, scope)
+        scalar_op = {"+": "add", "*": "mul", "-": "sub" if tensor_left else "rsub",
+                     "/": "div" if tensor_left else "rdiv", "**": "pow" if tensor_left else None}.get(op)
+        if scalar_op is None:
+            raise self.err("E0206", f"`{op}` cannot take {kind_of(a)} and {kind_of(b)}", e.span, scope)
+        return self._apply_op(REGISTRY["scalar"], {"op": scalar_op, "value": other}, [t], e.span, scope)
+
+    def _e_Call(self, e, scope):
+        f = self.eval(e.func, scope)
+        args = [self.eval(a, scope) for a in e.args]
+        kwargs = [(k.name, self.eval(k.value, scope), k.span) for k in e.kwargs]
+        if isinstance(f, _Builtin):
+            if kwargs:
+                raise self.err("E0203", f"`{f.name}` takes no keyword arguments", kwargs[0][2], scope)
+            return self._builtin(f.name, args, e, scope)
+        if isinstance(f, OpRef):
+            tensors = []
+            while args and _is_tensors(args[0]):
+                a = args.pop(0)
+                tensors.extend(a if isinstance(a, (list, tuple)) else [a])
+            ref = OpRef(f.callee, f.args + tuple(args), f.kwargs + tuple(kwargs), e.span)
+            if tensors:
+                return self.apply(ref, tensors, scope, e.span)
+            return ref
+        raise self.err("E0202", f"{kind_of(f)} is not callable", e.func.span, scope)
+
+    def _builtin(self, name, args, e, scope):
+        try:
+            if name == "range":
+                if not all(_is_int(a) for a in args) or not 1 <= len(args) <= 3:
+                    raise TypeError
+                r = range(*args)
+                if len(r) > MAX_NODES:
+                    raise self.err("E0401", f"range of {len(r)} is too long", e.span, scope)
+                return r
+            if name == "len":
+                (x,) = args
+                return len(x)
+            if name in ("min", "max"):
+                xs = args[0] if len(args) == 1 else args
+                return {"min": min, "max": max}[name](xs)
+            if name == "abs":
+                (x,) = args
+                return abs(x)
+        except NotStatic as ex:
+            raise self.err("E0213", f"cannot decide this at compile time: {ex}", e.span, scope)
+        except (TypeError, ValueError):
+            pass
+        raise self.err("E0206", f"`{name}` cannot take {', '.join(kind_of(a) for a in args) or 'no arguments'}",
+                       e.span, scope)
+
+    def _e_Pipeline(self, e, scope):
+        v = self.eval(e.head, scope)
+        for stage in e.stages:
+            if isinstance(v, list) and _is_tensors(v):
+                v = tuple(v)
+            if not _is_tensors(v):
+                raise self.err("E0206", f"a pipeline feeds tensors, but this is {kind_of(v)}",
+                               e.head.span, scope)
+            st = self.eval(stage, scope)
+            v = self.apply(st, list(v) if isinstance(v, tuple) else [v], scope, stage.span)
+        return v
+
+    def _e_Labelled(self, e, scope):
+        return Labelled(e.label, self.eval(e.stage, scope), e.label_span or e.span)
+
+    def _e_Annotated(self, e, scope):
+        if e.annotation not in ("residual", "checkpoint"):
+            raise self.err("E0202", f"unknown annotation `@{e.annotation}`", e.span, scope,
+                           help=did_you_mean(e.annotation, ["residual", "checkpoint"]))
+        return Annotated(e.annotation, self.eval(e.stage, scope), e.span)
+
+    def _e_TensorTypeExpr(self, e, scope):  # pragma: no cover - only inside `input`
+        return self._tensor_type(e, scope)
+
+    # -- applying stages ---------------------------------------------------------
+    def apply(self, st, inputs: list, scope: Scope, span: Span | None, label: str | None = None):
+        """Apply a stage to its input tensors; `label` names the module it creates."""
+        if isinstance(st, Labelled):
+            return self.apply(st.stage, inputs, scope, st.span or span, label=st.label)
+        if isinstance(st, OpRef):
+            name = label or self._fresh(scope, st.name)
+            self._claim(scope, name, st.span or span)
+            if isinstance(st.callee, Op):
+                v = self._apply_op(st.callee, st, inputs, st.span or span, scope, name=name)
+            else:
+                v = self._call_block(st, inputs, scope, name, st.span or span)
+            return v
+        if isinstance(st, list):
+            return self._sequence(st, inputs, scope, span, label)
+        if isinstance(st, Repeat):
+            if label is not None:
+                return self._sequence([st], inputs, scope, span, label)
+            v = inputs
+            for _ in range(st.count):
+                v = self.apply(st.stage, v if isinstance(v, list) else [v], scope, span)
+            return v
+        if isinstance(st, ModuleRef):
+            return self._reuse(st, inputs, scope, span)
+        if isinstance(st, Annotated):
+            return self._annotated(st, inputs, scope, span, label)
+        raise self.err("E0206", f"{kind_of(st)} is not a stage", span, scope,
+                       help="a stage is an op, a block, a labelled module or a list of stages")
+
+    def _fresh(self, scope: Scope, base: str) -> str:
+        """The next unused `{base}_{k}` name in this scope."""
+        while True:
+            name = scope.fresh(base)
+            if scope.path(name) not in self.used_paths:
+                return name
+
+    def _claim(self, scope: Scope, name: str, span) -> None:
+        path = scope.path(name)
+        if path in self.used_paths:
+            raise self.err("E0211", f"label `{name}` is already used in this scope", span, scope,
+                           help=f"to share its weights write `-> {name}`; otherwise choose another label")
+        self.used_paths[path] = 1
+
+    def _sequence(self, stages: list, inputs, scope: Scope, span, label):
+        name = label or self._fresh(scope, "seq")
+        self._claim(scope, name, span)
+        path = scope.path(name)
+        self.graph.containers[path] = "seq"
+        child = Scope(prefix=path, block=scope.block, calls=scope.calls, vars=scope.vars)
+        v = inputs
+        i = 0
+        for st in stages:
+            copies = [st.stage] * st.count if isinstance(st, Repeat) else [st]
+            for c in copies:
+                v = self.apply(c, v if isinstance(v, list) else [v], child, span, label=str(i))
+                i += 1
+        return v[0] if isinstance(v, list) and len(v) == 1 else v
+
+    def _reuse(self, ref: ModuleRef, inputs, scope, span):
+        owner = self.graph.node(ref.node)
+        op = REGISTRY[owner.op]
+        in_types = [v.type for v in inputs]
+        old_types = self.graph.in_types(owner.id)
+        if op.params(owner.attrs, in_types) != op.params(owner.attrs, old_types):
+            raise self.err("E0301", f"`{ref.path}` is reused on {fmt_types(in_types)}, but its weights were made "
+                           f"for {fmt_types(old_types)}", span, scope)
+        return self._add_node(op, owner.attrs, inputs, span, scope, ref.path, shared=True)
+
+    def _annotated(self, st: Annotated, inputs, scope, span, label):
+        # `@checkpoint` marks the nodes a stage creates; `@residual` adds its input back.
+        before = self.graph._next
+        v = self.apply(st.stage, inputs, scope, span, label)
+        if st.annotation == "checkpoint":
+            for nid in range(before, self.graph._next):
+                self.graph.node(nid).meta["checkpoint"] = True
+            return v
+        (x,) = inputs
+        return self._apply_op(REGISTRY["add"], {}, [v, x], st.span, scope)
+
+    def _call_block(self, ref: OpRef, inputs, scope: Scope, name: str, span):
+        decl: A.BlockDecl = ref.callee
+        if len(scope.calls) >= MAX_CALL_DEPTH:
+            raise self.err("E0402", f"block calls nest deeper than {MAX_CALL_DEPTH}", span, scope,
+                           help="a block that calls itself never ends")
+        path = scope.path(name)
+        self.graph.containers.setdefault(path, "block:" + decl.name)
+        inner = Scope(prefix=path, block=decl.name, calls=scope.calls + (CallSite(decl.name, path, span),))
+        kw_spans = {k: s for k, _, s in ref.kwargs}
+        self._bind_params(decl, inner, list(inputs), [(k, v) for k, v, _ in ref.kwargs], kw_spans, span,
+                          positional=list(ref.args))
+        return self._run_body(decl, inner)
+
+    def _apply_op(self, op: Op, ref, inputs: list, span, scope: Scope, name: str | None = None):
+        """Validate attributes and add one node; `ref` is an OpRef or a dict of attributes."""
+        if isinstance(ref, OpRef):
+            attrs = self._attrs(op, ref.args, ref.kwargs, span, scope)
+        else:
+            attrs = op.Attrs(**ref)
+        if name is None:
+            name = self._fresh(scope, op.name)
+            self._claim(scope, name, span)
+        for v in inputs:
+            if not isinstance(v, Value):
+                raise self.err("E0206", f"`{op.name}` takes tensors, got {kind_of(v)}", span, scope)
+        if op.arity is not None and len(inputs) != op.arity:
+            raise self.err("E0306", f"`{op.name}` takes {op.arity} tensor input(s), got {len(inputs)}", span, scope)
+        if op.arity is None and not inputs:
+            raise self.err("E0306", f"`{op.name}` needs at least one tensor input", span, scope)
+        return self._add_node(op, attrs, inputs, span, scope, scope.path(name))
+
+    def _add_node(self, op: Op, attrs, inputs, span, scope, path, shared=False):
+        in_types = [v.type for v in inputs]
+        try:
+            outs = op.infer(attrs, in_types)
+            if not shared:
+                op.params(attrs, in_types)
+        except ShapeError as ex:
+            raise self.err(ex.code, ex.message, span, scope, label=ex.label, help=ex.help)
+        except NotStatic as ex:
+            raise self.err("E0213", f"`{op.name}` needs a known size: {ex}", span, scope,
+                           help="bind the symbol with `--dim`")
+        if len(self.graph) >= MAX_NODES:
+            raise self.err("E0401", f"the graph has more than {MAX_NODES} nodes", span, scope)
+        node = self.graph.add(op.name, attrs, inputs, outs, path, span, scope.calls, shared)
+        leaf = path.rsplit(".", 1)[-1]
+        if not shared and not leaf.isdigit():
+            scope.labels.setdefault(leaf, ModuleRef(path, node.id))
+        vals = [Value(node.id, i, t) for i, t in enumerate(outs)]
+        return vals[0] if len(vals) == 1 else tuple(vals)
+
+    def _attrs(self, op: Op, args, kwargs, span, scope):
+        fields = [f for f in op.Attrs.model_fields if f not in op.tensor_attrs]
+        if len(args) > len(fields):
+            raise self.err("E0205", f"`{op.name}` takes at most {len(fields)} argument(s), got {len(args)}", span,
+                           scope, help=f"its arguments: {', '.join(fields)}" if fields else
+                           f"`{op.name}` takes no arguments")
+        values = dict(zip(fields, args))
+        for k, v, kspan in kwargs:
+            if k not in op.Attrs.model_fields:
+                raise self.err("E0203", f"`{op.name}` has no argument `{k}`", kspan, scope,
+                               help=did_you_mean(k, op.Attrs.model_fields) or
+                               (f"its arguments: {', '.join(fields)}" if fields else None))
+            if k in values:
+                raise self.err("E0205", f"argument `{k}` of `{op.name}` given twice", kspan, scope)
+            values[k] = v
+        for k, v in values.items():
+            if isinstance(v, Sym):
+                raise self.err("E0213", f"argument `{k}` of `{op.name}` is the symbolic size `{v}`", span, scope,
+                               help="bind the symbol with `--dim`")
+        try:
+            return op.Attrs(**values)
+        except ValidationError as ex:
+            first = ex.errors()[0]
+            loc = ".".join(str(x) for x in first["loc"])
+            kspan = next((s for k, _, s in kwargs if k == first["loc"][0]), span) if first["loc"] else span
+            code = "E0204" if first["type"] == "missing" else "E0207"
+            msg = (f"`{op.name}` needs `{loc}`" if code == "E0204"
+                   else f"invalid `{loc}` for `{op.name}`: {first['msg']}")
+            raise self.err(code, msg, kspan, scope,
+                           help=f"its arguments: {', '.join(fields)}")
+
+
+@dataclass(frozen=True)
+class _Builtin:
+    name: str
+
+
+def _io_attrs(name: str):
+    return REGISTRY["input"].Attrs(name=name)
+
+
+def fmt_types(ts) -> str:
+    return ", ".join(str(t) for t in ts)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_tensors(v) -> bool:
+    if isinstance(v, Value):
+        return True
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(x, Value) for x in v)
+
+
+def _arith(op, a, b):
+    if isinstance(a, bool) or isinstance(b, bool):
+        if op not in ("==", "!="):
+            raise TypeError
+    if op == "+":
+        if isinstance(a, (list, tuple)) != isinstance(b, (list, tuple)):
+            raise TypeError
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        if isinstance(a, (list, str)) or isinstance(b, (list, str)):
+            raise TypeError
+        return a * b
+    if op == "/":
+        return a / b
+    if op == "//":
+        return a // b
+    if op == "%":
+        return a % b
+    if op == "**":
+        if _is_int(b) and abs(b) > 64 or isinstance(a, (int, float)) and abs(a) > 2**64 and b > 1:
+            raise OverflowError
+        return a ** b
+    if op == "@":
+        raise TypeError
+    return {"==": lambda: a == b, "!=": lambda: a != b, "<": lambda: a < b, "<=": lambda: a <= b,
+            ">": lambda: a > b, ">=": lambda: a >= b}[op]()
+
+
+def elaborate(prog: Program, model: str, args: dict | None = None, dims: dict | None = None) -> Graph:
+    return Elaborator(prog, dims).elaborate(model, args)

@@ -1,0 +1,165 @@
+"""Convolutions, rank-polymorphic: input rank 3/4/5 -> 1-D/2-D/3-D."""
+from __future__ import annotations
+
+from typing import Literal
+
+from ..dims import Dim, numel
+from ..ir import TensorType
+from .base import Attrs, Module, Op, ShapeError, expect_rank, register, static_int
+
+IntOrList = int | tuple[int, ...]
+
+
+def spatial(x: TensorType, what: str) -> int:
+    """Number of spatial axes of a batched [B, C, *spatial] input (1..3)."""
+    expect_rank(x, {3, 4, 5}, what)
+    return x.rank - 2
+
+
+def per_axis(v: IntOrList, n: int, field: str, what: str) -> tuple[int, ...]:
+    """Expand an int to one value per spatial axis; check a list's length."""
+    if isinstance(v, int):
+        return (v,) * n
+    if len(v) != n:
+        raise ShapeError("E0302", f"{what}'s {field} has {len(v)} entries but the input has {n} "
+                         f"spatial axes", label=f"{field}={list(v)}",
+                         help=f"give one value per spatial axis, or a single int")
+    return tuple(v)
+
+
+def check_out(what: str, x: TensorType, out: tuple[Dim, ...]) -> None:
+    """Raise E0305 when a static output size is empty (kernel larger than the input)."""
+    for d in out:
+        if isinstance(d, int) and d <= 0:
+            raise ShapeError("E0305", f"{what} would produce an empty output {list(out)} from {x}",
+                             label=f"this is {x}",
+                             help="the (dilated) kernel is larger than the padded input")
+
+
+def _check_common(what: str, cin: int, out: int, groups: int, ks, ss, ds) -> None:
+    if out <= 0 or groups <= 0 or min(ks + ss + ds) <= 0:
+        raise ShapeError("E0305", f"{what} needs positive out, kernel, stride, dilation and groups")
+    if cin % groups or out % groups:
+        raise ShapeError("E0303", f"{what}: groups={groups} must divide both the input channels "
+                         f"({cin}) and the output channels ({out})",
+                         label=f"groups={groups}")
+
+
+class ConvAttrs(Attrs):
+    out: int
+    kernel: IntOrList
+    stride: IntOrList = 1
+    padding: IntOrList | Literal["same", "valid"] = 0
+    dilation: IntOrList = 1
+    groups: int = 1
+    bias: bool = True
+
+
+@register
+class Conv(Op):
+    name = "conv"
+    Attrs = ConvAttrs
+    doc = ("Convolution over the spatial axes of [B, C, *S] (nn.Conv1d/2d/3d by rank). "
+           "FLOPs: 2 * out elements * C_in/groups * kernel volume (bias not counted).")
+
+    def _geom(self, a: ConvAttrs, x: TensorType):
+        n = spatial(x, "conv")
+        ks, ss, ds = (per_axis(v, n, f, "conv") for v, f in
+                      ((a.kernel, "kernel"), (a.stride, "stride"), (a.dilation, "dilation")))
+        cin = static_int(x.shape[1], "conv's input channels")
+        _check_common("conv", cin, a.out, a.groups, ks, ss, ds)
+        return n, cin, ks, ss, ds
+
+    def infer(self, a, ins):
+        (x,) = ins
+        n, cin, ks, ss, ds = self._geom(a, x)
+        if a.padding == "same":
+            if any(s != 1 for s in ss):
+                raise ShapeError("E0303", "conv: padding=\"same\" needs stride 1",
+                                 label=f"stride={a.stride}", help="give explicit padding instead")
+            sp = x.shape[2:]
+        else:
+            ps = per_axis(0 if a.padding == "valid" else a.padding, n, "padding", "conv")
+            if min(ps) < 0:
+                raise ShapeError("E0305", f"conv: padding must not be negative, got {a.padding}")
+            sp = tuple((h + 2 * p - d * (k - 1) - 1) // s + 1
+                       for h, k, s, p, d in zip(x.shape[2:], ks, ss, ps, ds))
+        check_out("conv", x, sp)
+        return [TensorType(x.shape[:1] + (a.out,) + sp, x.dtype)]
+
+    def params(self, a, ins):
+        _, cin, ks, _, _ = self._geom(a, ins[0])
+        p = {"weight": (a.out, cin // a.groups) + ks}
+        if a.bias:
+            p["bias"] = (a.out,)
+        return p
+
+    def flops(self, a, ins, outs):
+        _, cin, ks, _, _ = self._geom(a, ins[0])
+        return 2 * outs[0].numel() * (cin // a.groups) * numel(ks)
+
+    def lower(self, a, ins, outs):
+        n, cin, _, _, _ = self._geom(a, ins[0])
+        kw = {k: getattr(a, k) for k, d in (("stride", 1), ("padding", 0), ("dilation", 1),
+                                              ("groups", 1), ("bias", True)) if getattr(a, k) != d}
+        return Module(f"nn.Conv{n}d", (cin, a.out, a.kernel), kw)
+
+
+class ConvTransposeAttrs(Attrs):
+    out: int
+    kernel: IntOrList
+    stride: IntOrList = 1
+    padding: IntOrList = 0
+    output_padding: IntOrList = 0
+    groups: int = 1
+    bias: bool = True
+    dilation: IntOrList = 1
+
+
+@register
+class ConvTranspose(Op):
+    name = "conv_transpose"
+    Attrs = ConvTransposeAttrs
+    doc = ("Transposed convolution (nn.ConvTranspose1d/2d/3d by rank). "
+           "FLOPs: 2 * input elements * out/groups * kernel volume (bias not counted).")
+
+    def _geom(self, a: ConvTransposeAttrs, x: TensorType):
+        n = spatial(x, "conv_transpose")
+        ks, ss, ps, ops, ds = (per_axis(v, n, f, "conv_transpose") for v, f in (
+            (a.kernel, "kernel"), (a.stride, "stride"), (a.padding, "padding"),
+            (a.output_padding, "output_padding"), (a.dilation, "dilation")))
+        cin = static_int(x.shape[1], "conv_transpose's input channels")
+        _check_common("conv_transpose", cin, a.out, a.groups, ks, ss, ds)
+        if min(ps) < 0:
+            raise ShapeError("E0305", f"conv_transpose: padding must not be negative, got {a.padding}")
+        for op_, s, d in zip(ops, ss, ds):
+            if not 0 <= op_ < max(s, d):
+                raise ShapeError("E0303", f"conv_transpose: output_padding={op_} must be smaller "
+                                 f"than stride or dilation", label=f"output_padding={a.output_padding}")
+        return n, cin, ks, ss, ps, ops, ds
+
+    def infer(self, a, ins):
+        (x,) = ins
+        n, cin, ks, ss, ps, ops, ds = self._geom(a, x)
+        sp = tuple((h - 1) * s - 2 * p + d * (k - 1) + o + 1
+                   for h, k, s, p, o, d in zip(x.shape[2:], ks, ss, ps, ops, ds))
+        check_out("conv_transpose", x, sp)
+        return [TensorType(x.shape[:1] + (a.out,) + sp, x.dtype)]
+
+    def params(self, a, ins):
+        _, cin, ks, *_ = self._geom(a, ins[0])
+        p = {"weight": (cin, a.out // a.groups) + ks}
+        if a.bias:
+            p["bias"] = (a.out,)
+        return p
+
+    def flops(self, a, ins, outs):
+        _, _, ks, *_ = self._geom(a, ins[0])
+        return 2 * ins[0].numel() * (a.out // a.groups) * numel(ks)
+
+    def lower(self, a, ins, outs):
+        n, cin, *_ = self._geom(a, ins[0])
+        kw = {k: getattr(a, k) for k, d in (("stride", 1), ("padding", 0), ("output_padding", 0),
+                                              ("groups", 1), ("bias", True), ("dilation", 1))
+              if getattr(a, k) != d}
+        return Module(f"nn.ConvTranspose{n}d", (cin, a.out, a.kernel), kw)

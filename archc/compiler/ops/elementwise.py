@@ -1,0 +1,139 @@
+"""The ops tensor operators lower to: `+ - * /`, `@`, unary `-` and tensor-scalar arithmetic.
+
+FLOPs: one per output element; matmul 2 * output elements * inner size.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from ..dims import Dim
+from ..ir import TensorType
+from .base import Attrs, Code, Op, ShapeError, register
+
+
+def broadcast_dim(p: Dim, q: Dim) -> Dim | None:
+    """PyTorch's broadcast of two sizes, or None when they are incompatible."""
+    if p == q or q == 1:
+        return p
+    if p == 1:
+        return q
+    return None
+
+
+def broadcast(x: TensorType, y: TensorType, what: str) -> tuple[Dim, ...]:
+    """The broadcast shape of two tensors (E0301 on a mismatch)."""
+    n = max(x.rank, y.rank)
+    xs, ys = (1,) * (n - x.rank) + x.shape, (1,) * (n - y.rank) + y.shape
+    out = []
+    for p, q in zip(xs, ys):
+        d = broadcast_dim(p, q)
+        if d is None:
+            raise ShapeError("E0301", f"shape mismatch in `{what}`: {x} vs {y}",
+                             label=f"left is {x}, right is {y}",
+                             help=f"sizes {p} and {q} neither match nor are 1")
+        out.append(d)
+    return tuple(out)
+
+
+class Binary(Op):
+    """An element-wise binary operator with PyTorch broadcasting."""
+
+    arity = 2
+    symbol: ClassVar[str] = ""
+
+    def infer(self, a, ins):
+        x, y = ins
+        return [TensorType(broadcast(x, y, self.symbol), x.dtype)]
+
+    def flops(self, a, ins, outs):
+        return outs[0].numel()
+
+    def lower(self, a, ins, outs):
+        return Code(f"{{0}} {self.symbol} {{1}}")
+
+
+@register
+class Add(Binary):
+    name, symbol, doc = "add", "+", "a + b, broadcasting."
+
+
+@register
+class Sub(Binary):
+    name, symbol, doc = "sub", "-", "a - b, broadcasting."
+
+
+@register
+class Mul(Binary):
+    name, symbol, doc = "mul", "*", "a * b (element-wise), broadcasting."
+
+
+@register
+class Div(Binary):
+    name, symbol, doc = "div", "/", "a / b, broadcasting."
+
+
+@register
+class Matmul(Op):
+    name = "matmul"
+    arity = 2
+    doc = "a @ b with torch.matmul's rules (1-D operands, batched broadcasting)."
+
+    def infer(self, a, ins):
+        x, y = ins
+        if x.rank == 0 or y.rank == 0:
+            raise ShapeError("E0302", f"`@` needs tensors of rank 1 or more, got {x} @ {y}")
+        xs = (1,) + x.shape if x.rank == 1 else x.shape
+        ys = y.shape + (1,) if y.rank == 1 else y.shape
+        if xs[-1] != ys[-2]:
+            raise ShapeError("E0303", f"`@` inner sizes differ: {x} @ {y} ({xs[-1]} vs {ys[-2]})",
+                             label=f"left is {x}, right is {y}")
+        batch = broadcast(TensorType(xs[:-2]), TensorType(ys[:-2]), "@")
+        out = batch + (xs[-2],) * (x.rank > 1) + (ys[-1],) * (y.rank > 1)
+        return [TensorType(out, x.dtype)]
+
+    def flops(self, a, ins, outs):
+        return 2 * outs[0].numel() * ins[0].shape[-1]
+
+    def lower(self, a, ins, outs):
+        return Code("torch.matmul({0}, {1})")
+
+
+@register
+class Neg(Op):
+    name = "neg"
+    doc = "-a."
+
+    def infer(self, a, ins):
+        return [ins[0]]
+
+    def flops(self, a, ins, outs):
+        return ins[0].numel()
+
+    def lower(self, a, ins, outs):
+        return Code("-{0}")
+
+
+_SCALAR = {"add": "{0} + {v}", "sub": "{0} - {v}", "rsub": "{v} - {0}", "mul": "{0} * {v}",
+           "div": "{0} / {v}", "rdiv": "{v} / {0}", "pow": "{0} ** {v}"}
+
+
+class ScalarAttrs(Attrs):
+    op: Literal["add", "sub", "rsub", "mul", "div", "rdiv", "pow"]
+    value: int | float
+
+
+@register
+class Scalar(Op):
+    name = "scalar"
+    Attrs = ScalarAttrs
+    doc = "Tensor-number arithmetic: `x * 2` is scalar(op=\"mul\", value=2); r-ops put the number first."
+
+    def infer(self, a, ins):
+        return [ins[0]]
+
+    def flops(self, a, ins, outs):
+        return ins[0].numel()
+
+    def lower(self, a, ins, outs):
+        v = repr(a.value)
+        return Code(_SCALAR[a.op].format("{0}", v=f"({v})" if a.value < 0 else v))

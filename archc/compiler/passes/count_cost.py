@@ -1,0 +1,74 @@
+"""Parameter and FLOP counting: a per-node report and totals."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..dims import Dim, Sym, fmt_shape
+from ..ir import Graph
+from ..ops import REGISTRY
+
+
+@dataclass
+class NodeCost:
+    path: str
+    op: str
+    shapes: list[str]  # output shapes
+    params: int  # 0 for a node that reuses another's weights
+    flops: Dim
+    shared: bool = False
+
+
+@dataclass
+class CostReport:
+    model: str
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    nodes: list[NodeCost] = field(default_factory=list)
+
+    @property
+    def params(self) -> int:
+        return sum(n.params for n in self.nodes)
+
+    @property
+    def flops(self) -> Dim:
+        total: Dim = 0
+        for n in self.nodes:
+            total = total + n.flops
+        return total
+
+    def to_json(self, dims: dict[str, int] | None = None) -> dict:
+        def num(d):
+            if isinstance(d, Sym) and dims:
+                d = d.subs(dims)
+            return d if isinstance(d, int) else str(d)
+
+        return {
+            "model": self.model,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "totals": {"params": self.params, "flops": num(self.flops)},
+            "nodes": [{"path": n.path, "op": n.op, "shapes": n.shapes, "params": n.params,
+                       "flops": num(n.flops), "shared": n.shared} for n in self.nodes],
+        }
+
+
+def count_params(graph: Graph) -> int:
+    return count_cost(graph).params
+
+
+def count_cost(graph: Graph) -> CostReport:
+    report = CostReport(
+        graph.name,
+        inputs={graph.node(i).path: str(graph.node(i).outputs[0]) for i in graph.inputs},
+        outputs={graph.node(o).path: str(graph.in_types(o)[0]) for o in graph.outputs},
+    )
+    for node in graph.nodes():
+        if node.op in ("input", "output"):
+            continue
+        op = REGISTRY[node.op]
+        ins = graph.in_types(node.id)
+        params = 0 if node.shared else sum(math.prod(s) for s in op.params(node.attrs, ins).values())
+        report.nodes.append(NodeCost(node.path, node.op, [fmt_shape(t.shape) for t in node.outputs], params,
+                                     op.flops(node.attrs, ins, node.outputs), node.shared))
+    return report
