@@ -1,0 +1,82 @@
+"""The public Python API: load or parse a spec, then check, build or render its models."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .compiler import resolve
+from .compiler.diagnostics import CompileError, Diagnostic
+from .compiler.elaborate import Elaborator
+from .compiler.ir import Graph
+from .compiler.ops import REGISTRY
+from .compiler.passes.count_cost import CostReport, count_cost
+
+
+class Program:
+    """The declarations of one spec file and everything it imports."""
+
+    def __init__(self, resolved: resolve.Program):
+        self._prog = resolved
+
+    @property
+    def file(self) -> str:
+        return self._prog.root
+
+    @property
+    def models(self) -> list[str]:
+        """Models declared in this file (not those it imports)."""
+        return self._prog.models()
+
+    def _model(self, model: str | None) -> str:
+        if model is not None:
+            return model
+        own = self.models
+        if len(own) == 1:
+            return own[0]
+        if not own:
+            raise CompileError(Diagnostic("E0104", f"`{self.file}` declares no model", None,
+                                          help="pass the name of an imported model"))
+        raise CompileError(Diagnostic("E0104", f"`{self.file}` declares several models: choose one", None,
+                                      help="models: " + ", ".join(own)))
+
+    def check_names(self) -> list[Diagnostic]:
+        """Unknown names in this file's blocks and models, all at once."""
+        return resolve.check_names(self._prog, REGISTRY, files=[self.file])
+
+    def graph(self, model: str | None = None, *, dims: dict[str, int] | None = None,
+              args: dict[str, Any] | None = None, **kwargs) -> Graph:
+        """Elaborate a model into the graph IR (shapes inferred, symbols kept unless bound)."""
+        return Elaborator(self._prog, dims).elaborate(self._model(model), {**(args or {}), **kwargs})
+
+    def check(self, model: str | None = None, *, dims: dict[str, int] | None = None,
+              args: dict[str, Any] | None = None, **kwargs) -> CostReport:
+        """Check shapes and count parameters and FLOPs; raises CompileError with diagnostics."""
+        return count_cost(self.graph(model, dims=dims, args=args, **kwargs))
+
+    def source(self, model: str | None = None, *, dims=None, args=None, **kwargs) -> str:
+        """The generated PyTorch source of a model."""
+        from .compiler.lower.torch import generate
+
+        return generate(self.graph(model, dims=dims, args=args, **kwargs), os.path.basename(self.file)).source
+
+    def build(self, model: str | None = None, *, dims=None, args=None, **kwargs):
+        """Build a model as a torch.nn.Module whose state_dict keys are the spec's paths."""
+        from .compiler.lower.torch import build_module
+
+        return build_module(self.graph(model, dims=dims, args=args, **kwargs), os.path.basename(self.file))
+
+    def render(self, model: str | None = None, *, dims=None, args=None, **kwargs):
+        """A graphviz.Digraph of the model: one node per op, a cluster per block instance."""
+        from .compiler.lower.graphviz import render
+
+        return render(self.graph(model, dims=dims, args=args, **kwargs))
+
+
+def load(path: str | os.PathLike) -> Program:
+    """Read and resolve a spec file (with its imports)."""
+    return Program(resolve.load_file(path))
+
+
+def parse(text: str, filename: str = "<string>") -> Program:
+    """Resolve spec text; imports are relative to the current directory."""
+    return Program(resolve.load_text(text, filename))

@@ -1,0 +1,233 @@
+"""The `archc` command: check, build and render .arch specs.
+
+Exit status: 0 ok, 1 errors in a spec, 2 wrong command-line use.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .compiler.diagnostics import CompileError, Diagnostic
+
+
+def _pairs(items: list[str], what: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise SystemExit(_usage(f"{what} takes NAME=VALUE, got `{item}`"))
+        out.append((name, value))
+    return out
+
+
+def _usage(msg: str) -> int:
+    print(f"archc: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _value(text: str):
+    """A --set value, read as an .arch expression (`64`, `true`, `[1, 2]`, `relu`); else a string."""
+    from .compiler.elaborate import Elaborator, Scope
+    from .compiler.resolve import Program as Resolved
+    from .grammar import ast as A
+    from .grammar.parser import parse
+
+    try:
+        tree = parse(f"let __value = {text}", "<--set>")
+        (decl,) = tree.decls
+        return Elaborator(Resolved("<--set>")).eval(decl.value, Scope("", "--set", ()))
+    except (CompileError, ValueError):
+        return text
+
+
+def _dims(items) -> dict[str, int]:
+    dims = {}
+    for name, value in _pairs(items, "--dim"):
+        try:
+            dims[name] = int(value)
+        except ValueError:
+            raise SystemExit(_usage(f"--dim {name} needs a whole number, got `{value}`"))
+        if dims[name] <= 0:
+            raise SystemExit(_usage(f"--dim {name} must be positive"))
+    return dims
+
+
+def _print_diagnostics(diags: list[Diagnostic], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"ok": False, "diagnostics": [d.to_json() for d in diags]}, indent=2))
+        return
+    for d in diags:
+        print(d.render() + "\n", file=sys.stderr)
+    n = len(diags)
+    print(f"error: {n} error{'s' if n != 1 else ''} found", file=sys.stderr)
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# -- commands ------------------------------------------------------------------
+
+def cmd_check(args) -> int:
+    from . import api
+
+    diags: list[Diagnostic] = []
+    results = []
+    settings = dict((k, _value(v)) for k, v in _pairs(args.set, "--set"))
+    dims = _dims(args.dim)
+    for file in args.files:
+        try:
+            prog = api.load(file)
+        except CompileError as e:
+            diags += e.diagnostics
+            continue
+        name_errors = prog.check_names()
+        if name_errors:
+            diags += name_errors
+            continue
+        models = [args.model] if args.model else prog.models
+        for model in models:
+            try:
+                report = prog.check(model, dims=dims, args=settings)
+                results.append((file, report))
+            except CompileError as e:
+                diags += e.diagnostics
+    if args.json:
+        if diags:
+            _print_diagnostics(diags, True)
+        else:
+            print(json.dumps({"ok": True, "models": [{"file": f, **r.to_json(dims)} for f, r in results]},
+                             indent=2))
+    elif diags:
+        _print_diagnostics(diags, False)
+    else:
+        for file, r in results:
+            print(f"ok  {file}: {r.model}  {r.params:,} parameters")
+    return 1 if diags else 0
+
+
+def cmd_build(args) -> int:
+    from . import api
+    from .compiler.lower.report import summary_table
+    from .compiler.lower.torch import generate
+    from .compiler.passes.count_cost import count_cost
+
+    settings = dict((k, _value(v)) for k, v in _pairs(args.set, "--set"))
+    dims = _dims(args.dim)
+    try:
+        prog = api.load(args.file)
+        graph = prog.graph(args.model, dims=dims, args=settings)
+        report = count_cost(graph)
+        gen = generate(graph, os.path.basename(args.file))
+        from .compiler.lower.torch import load
+
+        module = load(gen)()  # proves the generated code runs
+    except CompileError as e:
+        _print_diagnostics(e.diagnostics, args.json)
+        return 1
+    built = sum(p.numel() for p in module.parameters())
+    assert built == report.params, f"built {built} parameters, counted {report.params}"
+    written = None
+    if args.output:
+        written = Path(args.output) / f"{gen.class_name.lower()}.py"
+        write_atomic(written, gen.source)
+    if args.json:
+        out = report.to_json(dims)
+        out["written"] = str(written) if written else None
+        print(json.dumps(out, indent=2))
+        return 0
+    from rich.console import Console
+
+    console = Console()
+    console.print(summary_table(report, dims))
+    console.print(f"{report.model}: {report.params:,} parameters, built as torch.nn.Module")
+    if written:
+        console.print(f"wrote {written}")
+    return 0
+
+
+def cmd_render(args) -> int:
+    from . import api
+    from .compiler.lower.graphviz import render
+
+    settings = dict((k, _value(v)) for k, v in _pairs(args.set, "--set"))
+    try:
+        prog = api.load(args.file)
+        graph = prog.graph(args.model, dims=_dims(args.dim), args=settings)
+    except CompileError as e:
+        _print_diagnostics(e.diagnostics, False)
+        return 1
+    dot = render(graph)
+    out = Path(args.output or Path(args.file).with_suffix("." + args.format).name)
+    fmt = args.format if args.output is None else (out.suffix.lstrip(".") or args.format)
+    if fmt == "dot":
+        write_atomic(out, dot.source)
+    else:
+        import graphviz
+
+        try:
+            data = dot.pipe(format=fmt)
+        except graphviz.ExecutableNotFound:
+            return _usage("Graphviz's `dot` is not installed (apt-get install graphviz); "
+                          "`--format dot` writes the source without it")
+        write_atomic(out, data)
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="archc", description="Compile .arch architecture specs.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p, many=False):
+        if many:
+            p.add_argument("files", nargs="+", help=".arch files")
+        else:
+            p.add_argument("file", help="an .arch file")
+        p.add_argument("--model", help="which model (default: the file's only model)")
+        p.add_argument("--set", action="append", metavar="NAME=VALUE", help="a model argument")
+        p.add_argument("--dim", action="append", metavar="SYM=N", help="bind a symbolic dimension")
+
+    p = sub.add_parser("check", help="check specs: diagnostics only (never imports torch)")
+    common(p, many=True)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=cmd_check)
+
+    p = sub.add_parser("build", help="build a model: summary table, optional generated module")
+    common(p)
+    p.add_argument("-o", "--output", metavar="DIR", help="write the generated module into DIR")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=cmd_build)
+
+    p = sub.add_parser("render", help="draw a model with Graphviz")
+    common(p)
+    p.add_argument("-o", "--output", metavar="FILE", help="output file (format from its suffix)")
+    p.add_argument("--format", default="svg", choices=["svg", "png", "pdf", "dot"])
+    p.set_defaults(fn=cmd_render)
+
+    args = ap.parse_args(argv)
+    try:
+        return args.fn(args)
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else 2
+    except CompileError as e:
+        _print_diagnostics(e.diagnostics, getattr(args, "json", False))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
