@@ -145,6 +145,7 @@ class Elaborator:
         self._lets: dict[str, Any] = {}
         self._lets_busy: set[str] = set()
         self.used_paths: dict[str, int] = {}
+        self.symbols: set[str] = set()  # names declared as dimensions in input types
 
     # entry point
     def elaborate(self, model: str, args: dict[str, Any] | None = None, span: Span | None = None) -> Graph:
@@ -376,8 +377,10 @@ class Elaborator:
             return OpRef(REGISTRY[n], span=e.span)
         if n in BUILTINS:
             return _Builtin(n)
-        if symbols:
-            return Sym.symbol(n)
+        if symbols or n in self.symbols:
+            if symbols:
+                self.symbols.add(n)
+            return self.dims.get(n, Sym.symbol(n))
         visible = set(scope.vars) | set(scope.labels) | set(self.prog.lets) | set(self.prog.blocks) | set(REGISTRY)
         raise self.err("E0201", f"unknown name `{n}`", e.span, scope, label="not defined",
                        help=did_you_mean(n, visible))

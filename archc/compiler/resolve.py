@@ -118,10 +118,13 @@ def check_names(prog: Program, op_names, files: list[str] | None = None) -> list
     """Unknown names in every block and model body (flow-insensitive)."""
     globals_ = set(prog.lets) | set(prog.blocks) | set(op_names) | set(BUILTINS)
     diags: list[Diagnostic] = []
+    # Names used as dimensions in any input type are symbols everywhere.
+    symbols = {n.id for d in prog.blocks.values() for t in _find(d.body, A.TensorTypeExpr)
+               for x in t.dims for n in _find(x, A.Name)}
     for decl in prog.blocks.values():
         if files is not None and (decl.span is None or decl.span.file not in files):
             continue
-        bound = {p.name for p in decl.params} | _bound_in(decl.body)
+        bound = {p.name for p in decl.params} | _bound_in(decl.body) | symbols
         visible = globals_ | bound
         for p in decl.params:
             if p.default is not None:
@@ -149,6 +152,14 @@ def _bound_in(stmts) -> set[str]:
     for s in stmts:
         visit(s)
     return names
+
+
+def _find(node, cls) -> list:
+    """Every node of class `cls` at or below `node`."""
+    out = [node] if isinstance(node, cls) else []
+    for child in _children(node):
+        out.extend(_find(child, cls))
+    return out
 
 
 def _children(node):

@@ -23,7 +23,7 @@ def per_axis(v: IntOrList, n: int, field: str, what: str) -> tuple[int, ...]:
     if len(v) != n:
         raise ShapeError("E0302", f"{what}'s {field} has {len(v)} entries but the input has {n} "
                          f"spatial axes", label=f"{field}={list(v)}",
-                         help=f"give one value per spatial axis, or a single int")
+                         help="give one value per spatial axis, or a single int")
     return tuple(v)
 
 

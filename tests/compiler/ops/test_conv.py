@@ -14,6 +14,7 @@ def test_conv(shape, kw):
     check("conv", [shape], 8, 3, flops=True, **kw)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
 def test_conv_list_kernel():
     (out,) = check("conv", [(2, 3, 16, 20)], 8, [3, 5], stride=[1, 2], padding=[1, 2],
                    dilation=[2, 1], flops=True)

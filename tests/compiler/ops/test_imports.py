@@ -1,7 +1,8 @@
 import subprocess
 import sys
 
-from archc.compiler.ops import REGISTRY, Code, Module
+from archc.compiler.ops import REGISTRY
+from archc.compiler.ops.base import Attrs
 
 
 def test_compiler_does_not_import_torch():
@@ -9,8 +10,6 @@ def test_compiler_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_every_op_is_documented_and_lowers_to_a_known_kind():
+def test_every_op_is_documented():
     for name, op in REGISTRY.items():
-        assert op.doc, name
-        assert op.name in REGISTRY
-    assert {Code, Module}
+        assert op.doc and issubclass(op.Attrs, Attrs), name
