@@ -367,8 +367,6 @@ class Elaborator:
             return scope.vars[n]
         if n in scope.labels:
             return scope.labels[n]
-        if symbols and n in self.dims:
-            return self.dims[n]
         if n in self.prog.lets:
             return self._let(n, e.span)
         if n in self.prog.blocks:

@@ -81,9 +81,11 @@ def render(graph: Graph, *, color_by: Callable[[Node], str | None] | None = None
     # Edges last, at the top level, so no edge statement declares a node inside a cluster.
     for n in nodes:
         for port, v in enumerate(graph.in_values(n.id)):
-            src = graph.node(v.node)
-            label = _type(v.type) if len(src.outputs) <= 1 else f"{v.port}: {_type(v.type)}"
-            dot.edge(str(v.node), str(n.id), label=label)
+            # The first input is the main data path: keep it straight, let side inputs bend.
+            extra = {"weight": "3" if port == 0 else "1"}
+            if len(graph.node(v.node).outputs) > 1:  # which output of a split, say
+                extra.update(taillabel=str(v.port), labelfontsize="8", labelfontcolor="#a05a00")
+            dot.edge(str(v.node), str(n.id), label=_type(v.type), **extra)
     return dot
 
 
