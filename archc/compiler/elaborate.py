@@ -642,8 +642,18 @@ class Elaborator:
 
     def _apply_op(self, op: Op, ref, inputs: list, span, scope: Scope, name: str | None = None):
         """Validate attributes and add one node; `ref` is an OpRef or a dict of attributes."""
+        extra: list = []
         if isinstance(ref, OpRef):
-            attrs = self._attrs(op, ref.args, ref.kwargs, span, scope)
+            # Tensor-valued attributes (mha's `kv=`) are extra inputs, in `tensor_attrs` order.
+            given = {k: (v, s) for k, v, s in ref.kwargs if k in op.tensor_attrs}
+            for k in op.tensor_attrs:
+                if k in given and given[k][0] is not None:
+                    if not isinstance(given[k][0], Value):
+                        raise self.err("E0206", f"`{k}` of `{op.name}` takes a tensor, got {kind_of(given[k][0])}",
+                                       given[k][1], scope)
+                    extra.append(given[k][0])
+            attrs = self._attrs(op, ref.args, tuple(kv for kv in ref.kwargs if kv[0] not in op.tensor_attrs),
+                                span, scope)
         else:
             attrs = op.Attrs(**ref)
         if name is None:
@@ -656,7 +666,22 @@ class Elaborator:
             raise self.err("E0306", f"`{op.name}` takes {op.arity} tensor input(s), got {len(inputs)}", span, scope)
         if op.arity is None and not inputs:
             raise self.err("E0306", f"`{op.name}` needs at least one tensor input", span, scope)
-        return self._add_node(op, attrs, inputs, span, scope, scope.path(name))
+        return self._add_node(op, attrs, list(inputs) + extra, span, scope, scope.path(name))
+
+    def _check_ties(self, op: Op, attrs, in_types, span, scope) -> None:
+        """A tied parameter must have the shape of the one it shares."""
+        for pname, (target, shape) in op.tied(attrs, in_types).items():
+            owner = next((n for n in self.graph.nodes() if n.path == target.rsplit(".", 1)[0] and not n.shared),
+                         None)
+            if owner is None:
+                raise self.err("E0201", f"`{op.name}` ties `{pname}` to `{target}`, which does not exist", span,
+                               scope, help="tie to a labelled module created earlier: `tie=wte`")
+            theirs = REGISTRY[owner.op].params(owner.attrs, self.graph.in_types(owner.id)).get(
+                target.rsplit(".", 1)[1])
+            if theirs != shape:
+                raise self.err("E0303", f"cannot tie `{pname}` {list(shape)} to `{target}` "
+                               f"{list(theirs) if theirs else 'which has no such parameter'}", span, scope,
+                               help="tied weights must have the same shape")
 
     def _add_node(self, op: Op, attrs, inputs, span, scope, path, shared=False):
         in_types = [v.type for v in inputs]
@@ -664,6 +689,7 @@ class Elaborator:
             outs = op.infer(attrs, in_types)
             if not shared:
                 op.params(attrs, in_types)
+                self._check_ties(op, attrs, in_types, span, scope)
         except ShapeError as ex:
             raise self.err(ex.code, ex.message, span, scope, label=ex.label, help=ex.help)
         except NotStatic as ex:
@@ -694,7 +720,9 @@ class Elaborator:
                 raise self.err("E0205", f"argument `{k}` of `{op.name}` given twice", kspan, scope)
             values[k] = v
         for k, v in values.items():
-            if isinstance(v, Sym):
+            if isinstance(v, ModuleRef):  # `tie=wte`: a labelled module, by path
+                values[k] = v.path
+            elif isinstance(v, Sym):
                 raise self.err("E0213", f"argument `{k}` of `{op.name}` is the symbolic size `{v}`", span, scope,
                                help="bind the symbol with `--dim`")
         try:

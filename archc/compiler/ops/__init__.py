@@ -1,5 +1,5 @@
 """The op registry: importing this package registers every built-in op."""
-from .base import REGISTRY, Code, Module, Op, ShapeError, op, register  # noqa: F401
+from .base import REGISTRY, Code, Module, Op, Param, ShapeError, op, register  # noqa: F401
 from . import dense  # noqa: F401  (each family module registers its ops)
 from . import conv, norm, activation, regularize, pooling, shape, elementwise, structural  # noqa: F401
 from . import graph_io  # noqa: F401

@@ -44,13 +44,28 @@ class Module:
     """Lower to a module built in `__init__` at the node's path and called in `forward`.
 
     `target` is a class or a dotted name (`"nn.Conv2d"`); `call` is the forward
-    expression, `{m}` the module and `{0}`, `{1}`... (or `{*}` for all) the inputs.
+    expression, `{m}` the module and `{0}`, `{1}`... (or `{*}` for all) the inputs;
+    `{cache}` is the key/value cache passed to `forward` (or None) and `{key}`
+    the node's path as a string, for ops that keep state across decoding steps.
     """
 
     target: Any
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     call: str = "{m}({*})"
+    # Parameters that are another module's: attribute -> `path.param` (weight tying).
+    ties: dict = field(default_factory=dict)
+
+
+@dataclass
+class Param:
+    """Lower to a bare nn.Parameter at the node's path (a ViT's `class_token`):
+    its state_dict key is the path itself, and `params()` names it "".
+    `call` is the forward expression, `{m}` the parameter and `{0}`... the inputs."""
+
+    shape: tuple
+    call: str = "{m}"
+    init: str = "zeros"  # a torch.nn.init-free constructor: zeros | randn
 
 
 @dataclass
@@ -84,6 +99,10 @@ class Op:
 
     def buffers(self, a: Attrs, ins: list[TensorType]) -> dict[str, tuple[int, ...]]:
         """Persistent buffers (running statistics): suffix -> shape."""
+        return {}
+
+    def tied(self, a: Attrs, ins: list[TensorType]) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Parameters shared with another module: name -> (`path.param` it is tied to, shape)."""
         return {}
 
     def flops(self, a: Attrs, ins: list[TensorType], outs: list[TensorType]) -> Dim:

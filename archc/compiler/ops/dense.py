@@ -27,17 +27,22 @@ class Linear(Op):
 
     def params(self, a, ins):
         n_in = static_int(ins[0].shape[-1], "linear's input width")
-        p = {"weight": (a.out, n_in)}
+        p = {} if a.tie else {"weight": (a.out, n_in)}  # a tied weight is the embedding's
         if a.bias:
             p["bias"] = (a.out,)
         return p
+
+    def tied(self, a, ins):
+        if not a.tie:
+            return {}
+        return {"weight": (f"{a.tie}.weight", (a.out, static_int(ins[0].shape[-1], "linear's input width")))}
 
     def flops(self, a, ins, outs):
         return 2 * ins[0].numel() * a.out
 
     def lower(self, a, ins, outs):
         return Module("nn.Linear", (static_int(ins[0].shape[-1], "linear's input width"), a.out),
-                      {} if a.bias else {"bias": False})
+                      {} if a.bias else {"bias": False}, ties={"weight": f"{a.tie}.weight"} if a.tie else {})
 
 
 class EmbeddingAttrs(Attrs):
