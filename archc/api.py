@@ -5,11 +5,12 @@ import os
 from typing import Any
 
 from .compiler import resolve
-from .compiler.diagnostics import CompileError, Diagnostic
-from .compiler.elaborate import Elaborator
+from .compiler.diagnostics import CompileError, Diagnostic, did_you_mean
+from .compiler.elaborate import Elaborator, Scope
 from .compiler.ir import Graph
 from .compiler.ops import REGISTRY
 from .compiler.passes.count_cost import CostReport, count_cost
+from .compiler.plans import Plan, resolve_plan
 
 
 class Program:
@@ -43,33 +44,56 @@ class Program:
         """Unknown names in this file's blocks and models, all at once."""
         return resolve.check_names(self._prog, REGISTRY, files=[self.file])
 
-    def graph(self, model: str | None = None, *, dims: dict[str, int] | None = None,
-              args: dict[str, Any] | None = None, **kwargs) -> Graph:
-        """Elaborate a model into the graph IR (shapes inferred, symbols kept unless bound)."""
+    @property
+    def plans(self) -> list[str]:
+        return [n for n, d in self._prog.plans.items() if d.span and d.span.file == self.file]
+
+    def plan(self, name: str) -> Plan:
+        """A plan's validated directives (positions kept for diagnostics)."""
+        decl = self._prog.plans.get(name)
+        if decl is None:
+            raise CompileError(Diagnostic("E0104", f"no plan named `{name}`", None,
+                                          help=did_you_mean(name, self._prog.plans) or
+                                          ("plans here: " + ", ".join(self.plans) if self.plans else None)))
+        elab = Elaborator(self._prog)
+        return resolve_plan(decl, lambda e: elab.eval(e, Scope("", "plan " + name, ())))
+
+    def graph(self, model: str | None = None, *, plan: str | Plan | None = None,
+              dims: dict[str, int] | None = None, args: dict[str, Any] | None = None, **kwargs) -> Graph:
+        """Elaborate a model into the graph IR (shapes inferred, symbols kept unless bound).
+
+        With a plan, its model, model arguments and `dims` are the defaults."""
+        if plan is not None:
+            p = self.plan(plan) if isinstance(plan, str) else plan
+            if model is not None and model != p.model:
+                raise CompileError(Diagnostic("E0104", f"plan `{p.name}` is for `{p.model}`, not `{model}`",
+                                              p.span))
+            model, dims, args = p.model, {**p.dims(), **(dims or {})}, {**p.args, **(args or {})}
+            return Elaborator(self._prog, dims).elaborate(model, {**args, **kwargs}, span=p.span)
         return Elaborator(self._prog, dims).elaborate(self._model(model), {**(args or {}), **kwargs})
 
-    def check(self, model: str | None = None, *, dims: dict[str, int] | None = None,
+    def check(self, model: str | None = None, *, plan=None, dims: dict[str, int] | None = None,
               args: dict[str, Any] | None = None, **kwargs) -> CostReport:
         """Check shapes and count parameters and FLOPs; raises CompileError with diagnostics."""
-        return count_cost(self.graph(model, dims=dims, args=args, **kwargs))
+        return count_cost(self.graph(model, plan=plan, dims=dims, args=args, **kwargs))
 
-    def source(self, model: str | None = None, *, dims=None, args=None, **kwargs) -> str:
+    def source(self, model: str | None = None, *, plan=None, dims=None, args=None, **kwargs) -> str:
         """The generated PyTorch source of a model."""
         from .compiler.lower.torch import generate
 
-        return generate(self.graph(model, dims=dims, args=args, **kwargs), os.path.basename(self.file)).source
+        return generate(self.graph(model, plan=plan, dims=dims, args=args, **kwargs), os.path.basename(self.file)).source
 
-    def build(self, model: str | None = None, *, dims=None, args=None, **kwargs):
+    def build(self, model: str | None = None, *, plan=None, dims=None, args=None, **kwargs):
         """Build a model as a torch.nn.Module whose state_dict keys are the spec's paths."""
         from .compiler.lower.torch import build_module
 
-        return build_module(self.graph(model, dims=dims, args=args, **kwargs), os.path.basename(self.file))
+        return build_module(self.graph(model, plan=plan, dims=dims, args=args, **kwargs), os.path.basename(self.file))
 
-    def render(self, model: str | None = None, *, dims=None, args=None, **kwargs):
+    def render(self, model: str | None = None, *, plan=None, dims=None, args=None, **kwargs):
         """A graphviz.Digraph of the model: one node per op, a cluster per block instance."""
         from .compiler.lower.graphviz import render
 
-        return render(self.graph(model, dims=dims, args=args, **kwargs))
+        return render(self.graph(model, plan=plan, dims=dims, args=args, **kwargs))
 
 
 def load(path: str | os.PathLike) -> Program:

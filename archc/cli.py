@@ -99,10 +99,13 @@ def cmd_check(args) -> int:
         if name_errors:
             diags += name_errors
             continue
-        models = [args.model] if args.model else prog.models
-        for model in models:
+        if args.plan or args.model:
+            jobs = [(args.model, args.plan)]
+        else:  # every model with its defaults, and every plan
+            jobs = [(m, None) for m in prog.models] + [(None, p) for p in prog.plans]
+        for model, plan in jobs:
             try:
-                report = prog.check(model, dims=dims, args=settings)
+                report = prog.check(model, plan=plan, dims=dims, args=settings)
                 results.append((file, report))
             except CompileError as e:
                 diags += e.diagnostics
@@ -130,7 +133,7 @@ def cmd_build(args) -> int:
     dims = _dims(args.dim)
     try:
         prog = api.load(args.file)
-        graph = prog.graph(args.model, dims=dims, args=settings)
+        graph = prog.graph(args.model, plan=args.plan, dims=dims, args=settings)
         report = count_cost(graph)
         gen = generate(graph, os.path.basename(args.file))
         from .compiler.lower.torch import load
@@ -167,7 +170,7 @@ def cmd_render(args) -> int:
     settings = dict((k, _value(v)) for k, v in _pairs(args.set, "--set"))
     try:
         prog = api.load(args.file)
-        graph = prog.graph(args.model, dims=_dims(args.dim), args=settings)
+        graph = prog.graph(args.model, plan=args.plan, dims=_dims(args.dim), args=settings)
     except CompileError as e:
         _print_diagnostics(e.diagnostics, False)
         return 1
@@ -199,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.add_argument("file", help="an .arch file")
         p.add_argument("--model", help="which model (default: the file's only model)")
+        p.add_argument("--plan", help="apply a plan declared in the file (its model, arguments and dims)")
         p.add_argument("--set", action="append", metavar="NAME=VALUE", help="a model argument")
         p.add_argument("--dim", action="append", metavar="SYM=N", help="bind a symbolic dimension")
 

@@ -60,6 +60,11 @@ CODES: dict[str, str] = {
     "E0304": "dimension out of range",
     "E0305": "empty or negative dimension",
     "E0306": "wrong number of tensor inputs",
+    # plans
+    "E0501": "unknown directive",
+    "E0502": "invalid directive argument",
+    "E0503": "selector matches nothing",
+    "E0504": "unknown device",
     # limits and command line
     "E0401": "too large",
     "E0402": "recursion too deep",
