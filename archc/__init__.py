@@ -9,6 +9,14 @@ from .compiler.diagnostics import CompileError, Diagnostic
 from .compiler.ops.base import Attrs, Code, Module, Op, ShapeError, op
 from .compiler.ir import TensorType
 
-__all__ = ["Program", "load", "parse", "CompileError", "Diagnostic", "Op", "Attrs", "Code", "Module",
+
+def generate(*args, **kwargs):
+    """Greedy or top-k decoding with the key/value cache (archc.runtime.generate; imports torch on use)."""
+    from .runtime.generate import generate as _generate
+
+    return _generate(*args, **kwargs)
+
+
+__all__ = ["generate", "Program", "load", "parse", "CompileError", "Diagnostic", "Op", "Attrs", "Code", "Module",
            "ShapeError", "TensorType", "op"]
 __version__ = "0.1.0"

@@ -6,11 +6,12 @@ from typing import Any
 
 from .compiler import resolve
 from .compiler.diagnostics import CompileError, Diagnostic, did_you_mean
-from .compiler.elaborate import Elaborator, Scope
+from .compiler.elaborate import Decider, Elaborator, Scope
 from .compiler.ir import Graph
 from .compiler.ops import REGISTRY
 from .compiler.passes.count_cost import CostReport, count_cost
 from .compiler.plans import Plan, resolve_plan
+from .compiler.space import Space, explore
 
 
 class Program:
@@ -59,22 +60,49 @@ class Program:
         return resolve_plan(decl, lambda e: elab.eval(e, Scope("", "plan " + name, ())))
 
     def graph(self, model: str | None = None, *, plan: str | Plan | None = None,
-              dims: dict[str, int] | None = None, args: dict[str, Any] | None = None, **kwargs) -> Graph:
+              dims: dict[str, int] | None = None, args: dict[str, Any] | None = None,
+              choose: dict[str, Any] | None = None, sample: int | None = None, strict: bool = True,
+              **kwargs) -> Graph:
         """Elaborate a model into the graph IR (shapes inferred, symbols kept unless bound).
 
-        With a plan, its model, model arguments and `dims` are the defaults."""
+        With a plan, its model, model arguments and `dims` are the defaults. In a
+        search space, `choose` fixes decisions by label (a candidate as written,
+        or its index) and `sample` draws the rest from a seed; with neither, a
+        choice is an error unless `strict=False`, which takes first candidates."""
+        span = None
         if plan is not None:
             p = self.plan(plan) if isinstance(plan, str) else plan
             if model is not None and model != p.model:
                 raise CompileError(Diagnostic("E0104", f"plan `{p.name}` is for `{p.model}`, not `{model}`",
                                               p.span))
-            model, dims, args = p.model, {**p.dims(), **(dims or {})}, {**p.args, **(args or {})}
-            return Elaborator(self._prog, dims).elaborate(model, {**args, **kwargs}, span=p.span)
-        return Elaborator(self._prog, dims).elaborate(self._model(model), {**(args or {}), **kwargs})
+            model, dims, args, span = p.model, {**p.dims(), **(dims or {})}, {**p.args, **(args or {})}, p.span
+        model = self._model(model)
+        el = Elaborator(self._prog, dims)
+        el.decider = Decider(fixed=choose, seed=sample, default=not strict)
+        try:
+            graph = el.elaborate(model, {**(args or {}), **kwargs}, span=span)
+        except CompileError as e:
+            # An undecided choice is most likely the one whose label was misspelt.
+            if not (e.diagnostics[0].code == "E0601" and any(lbl not in el.trace for lbl in choose or {})):
+                raise
+            graph = None
+        unknown = [lbl for lbl in (choose or {}) if lbl not in el.trace]
+        if unknown:
+            raise CompileError(Diagnostic("E0601", f"no choice labelled `{unknown[0]}` in `{model}`", span,
+                                          help=did_you_mean(unknown[0], el.trace) or
+                                          ("labels: " + ", ".join(el.trace) if el.trace else
+                                           f"`{model}` has no choices")))
+        graph.decisions = {lbl: d.chosen for lbl, d in el.trace.items()}
+        return graph
+
+    def space(self, model: str | None = None, *, dims=None, args=None, **kwargs) -> Space:
+        """The decisions of a search space, its exact size, and candidates that fail to check."""
+        return explore(self._prog, self._model(model), {**(args or {}), **kwargs}, dims)
 
     def check(self, model: str | None = None, *, plan=None, dims: dict[str, int] | None = None,
               args: dict[str, Any] | None = None, **kwargs) -> CostReport:
         """Check shapes and count parameters and FLOPs; raises CompileError with diagnostics."""
+        kwargs.setdefault("strict", False)
         return count_cost(self.graph(model, plan=plan, dims=dims, args=args, **kwargs))
 
     def source(self, model: str | None = None, *, plan=None, dims=None, args=None, **kwargs) -> str:
@@ -93,6 +121,7 @@ class Program:
         """A graphviz.Digraph of the model: one node per op, a cluster per block instance."""
         from .compiler.lower.graphviz import render
 
+        kwargs.setdefault("strict", False)
         return render(self.graph(model, plan=plan, dims=dims, args=args, **kwargs))
 
 

@@ -56,6 +56,15 @@ def _dims(items) -> dict[str, int]:
     return dims
 
 
+def _decisions(args) -> dict:
+    """--choose label=value ... and --sample SEED, as Program.graph's arguments."""
+    choose = {k: v for k, v in _pairs(getattr(args, "choose", None), "--choose")}
+    out: dict = {"choose": choose} if choose else {}
+    if getattr(args, "sample", None) is not None:
+        out["sample"] = args.sample
+    return out
+
+
 def _print_diagnostics(diags: list[Diagnostic], as_json: bool) -> None:
     if as_json:
         print(json.dumps({"ok": False, "diagnostics": [d.to_json() for d in diags]}, indent=2))
@@ -84,6 +93,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 def cmd_check(args) -> int:
     from . import api
+    from .compiler.passes.count_cost import count_cost
 
     diags: list[Diagnostic] = []
     results = []
@@ -105,8 +115,15 @@ def cmd_check(args) -> int:
             jobs = [(m, None) for m in prog.models] + [(None, p) for p in prog.plans]
         for model, plan in jobs:
             try:
-                report = prog.check(model, plan=plan, dims=dims, args=settings)
-                results.append((file, report))
+                graph = prog.graph(model, plan=plan, dims=dims, args=settings, strict=False)
+                if graph.decisions and plan is None:  # a search space: check every candidate
+                    from .compiler.space import check_space
+
+                    space_diags = check_space(prog.space(model, dims=dims, args=settings))
+                    if space_diags:
+                        diags += space_diags
+                        continue
+                results.append((file, count_cost(graph)))
             except CompileError as e:
                 diags += e.diagnostics
     if args.json:
@@ -133,7 +150,7 @@ def cmd_build(args) -> int:
     dims = _dims(args.dim)
     try:
         prog = api.load(args.file)
-        graph = prog.graph(args.model, plan=args.plan, dims=dims, args=settings)
+        graph = prog.graph(args.model, plan=args.plan, dims=dims, args=settings, **_decisions(args))
         report = count_cost(graph)
         gen = generate(graph, os.path.basename(args.file))
         from .compiler.lower.torch import load
@@ -170,7 +187,8 @@ def cmd_render(args) -> int:
     settings = dict((k, _value(v)) for k, v in _pairs(args.set, "--set"))
     try:
         prog = api.load(args.file)
-        graph = prog.graph(args.model, plan=args.plan, dims=_dims(args.dim), args=settings)
+        graph = prog.graph(args.model, plan=args.plan, dims=_dims(args.dim), args=settings, strict=False,
+                           **_decisions(args))
     except CompileError as e:
         _print_diagnostics(e.diagnostics, False)
         return 1
@@ -192,6 +210,41 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_space(args) -> int:
+    from . import api
+    from .compiler.space import check_space
+
+    settings = dict((k, _value(v)) for k, v in _pairs(args.set, "--set"))
+    try:
+        prog = api.load(args.file)
+        space = prog.space(args.model, dims=_dims(args.dim), args=settings)
+    except CompileError as e:
+        _print_diagnostics(e.diagnostics, args.json)
+        return 1
+    problems = check_space(space)
+    if args.json:
+        print(json.dumps({"model": space.model, "size": str(space.size),
+                          "decisions": [{"label": d.label, "candidates": d.candidates,
+                                         "line": d.span.line if d.span else None}
+                                        for d in space.decisions.values()],
+                          "diagnostics": [d.to_json() for d in problems]}, indent=2))
+        return 1 if problems else 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{space.model}: {len(space.decisions)} decisions")
+    table.add_column("label")
+    table.add_column("candidates")
+    for d in space.decisions.values():
+        table.add_row(d.label, " | ".join(d.candidates))
+    Console().print(table)
+    print(f"size of the space: {space.size:,} architectures ({space.size:.3e})")
+    if problems:
+        _print_diagnostics(problems, False)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="archc", description="Compile .arch architecture specs.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -205,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--plan", help="apply a plan declared in the file (its model, arguments and dims)")
         p.add_argument("--set", action="append", metavar="NAME=VALUE", help="a model argument")
         p.add_argument("--dim", action="append", metavar="SYM=N", help="bind a symbolic dimension")
+        p.add_argument("--choose", action="append", metavar="LABEL=VALUE",
+                       help="decide a choice of a search space (a candidate as written, or its index)")
+        p.add_argument("--sample", type=int, metavar="SEED", help="draw the undecided choices from a seed")
 
     p = sub.add_parser("check", help="check specs: diagnostics only (never imports torch)")
     common(p, many=True)
@@ -216,6 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", metavar="DIR", help="write the generated module into DIR")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_build)
+
+    p = sub.add_parser("space", help="the decisions of a search space and its exact size")
+    p.add_argument("file", help="an .arch file")
+    p.add_argument("--model", help="which model (default: the file's only model)")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="a model argument")
+    p.add_argument("--dim", action="append", metavar="SYM=N", help="bind a symbolic dimension")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=cmd_space)
 
     p = sub.add_parser("render", help="draw a model with Graphviz")
     common(p)

@@ -60,6 +60,10 @@ CODES: dict[str, str] = {
     "E0304": "dimension out of range",
     "E0305": "empty or negative dimension",
     "E0306": "wrong number of tensor inputs",
+    # search spaces
+    "E0601": "undecided or unknown choice",
+    "E0602": "inconsistent choice",
+    "E0603": "candidates produce different shapes",
     # plans
     "E0501": "unknown directive",
     "E0502": "invalid directive argument",

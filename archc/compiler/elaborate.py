@@ -71,7 +71,41 @@ class ModuleRef:
     node: int  # the node that created it
 
 
-STAGE_TYPES = (OpRef, Repeat, Labelled, Annotated, ModuleRef)
+@dataclass(frozen=True)
+class ChoiceStage:
+    """The chosen candidate of an op choice; applying it records its output types."""
+
+    label: str
+    index: int
+    stage: Any
+
+
+STAGE_TYPES = (OpRef, Repeat, Labelled, Annotated, ModuleRef, ChoiceStage)
+
+
+@dataclass
+class Decision:
+    """A labelled choice met during elaboration: its candidates as written."""
+
+    label: str
+    candidates: list[str]
+    span: Span | None
+    chosen: int = 0
+    outs: dict[int, str] = field(default_factory=dict)  # candidate -> output types, for op choices
+
+
+class Decider:
+    """Which candidate each choice takes: fixed decisions, a seeded sampler, or
+    the first candidate (`default=True`, used to explore and check a space)."""
+
+    def __init__(self, fixed: dict[str, Any] | None = None, seed: int | None = None, default: bool = False,
+                 by_index: bool = False):
+        import random
+
+        self.fixed = dict(fixed or {})
+        self.by_index = by_index  # fixed values are candidate indices, not candidates as written
+        self.rng = random.Random(seed) if seed is not None else None
+        self.default = default
 
 
 def kind_of(v) -> str:
@@ -146,6 +180,8 @@ class Elaborator:
         self._lets_busy: set[str] = set()
         self.used_paths: dict[str, int] = {}
         self.symbols: set[str] = set()  # names declared as dimensions in input types
+        self.decider: Decider | None = None
+        self.trace: dict[str, Decision] = {}  # choices met, in order
 
     # entry point
     def elaborate(self, model: str, args: dict[str, Any] | None = None, span: Span | None = None) -> Graph:
@@ -481,6 +517,8 @@ class Elaborator:
         return self._apply_op(REGISTRY["scalar"], {"op": scalar_op, "value": other}, [t], e.span, scope)
 
     def _e_Call(self, e, scope):
+        if isinstance(e.func, A.Name) and e.func.id == "choice" and "choice" not in scope.vars:
+            return self._choice(e, scope)
         f = self.eval(e.func, scope)
         args = [self.eval(a, scope) for a in e.args]
         kwargs = [(k.name, self.eval(k.value, scope), k.span) for k in e.kwargs]
@@ -498,6 +536,55 @@ class Elaborator:
                 return self.apply(ref, tensors, scope, e.span)
             return ref
         raise self.err("E0202", f"{kind_of(f)} is not callable", e.func.span, scope)
+
+    def _choice(self, e, scope):
+        """`choice(a, b, ..., label=...)`: evaluate only the decided candidate."""
+        label = None
+        for k in e.kwargs:
+            if k.name != "label":
+                raise self.err("E0203", f"`choice` has no argument `{k.name}`", k.span, scope,
+                               help="candidates are positional; the only keyword is `label`")
+            label = self.eval(k.value, scope)
+            if not isinstance(label, str) or not label:
+                raise self.err("E0206", f"a choice label must be a string, got {kind_of(label)}", k.value.span, scope)
+        if len(e.args) < 1:
+            raise self.err("E0204", "`choice` needs at least one candidate", e.span, scope)
+        if label is None:  # an unlabelled choice is named by where it is
+            label = scope.path(scope.fresh("choice"))
+        cands = [_source_of(a) for a in e.args]
+        d = self.trace.get(label)
+        if d is None:
+            d = self.trace[label] = Decision(label, cands, e.span)
+            d.chosen = self._decide(d, scope)
+        elif len(d.candidates) != len(cands):
+            raise self.err("E0602", f"choices labelled `{label}` have different candidates", e.span, scope,
+                           notes=[f"first labelled at {d.span}"] if d.span else [],
+                           help="choices that share a label are one decision: give them the same candidates")
+        v = self.eval(e.args[d.chosen], scope)
+        if isinstance(v, STAGE_TYPES) or (isinstance(v, list) and v and all(isinstance(x, STAGE_TYPES) for x in v)):
+            return ChoiceStage(label, d.chosen, v)
+        return v
+
+    def _decide(self, d: Decision, scope) -> int:
+        dec = self.decider
+        if dec is not None and d.label in dec.fixed:
+            want = dec.fixed[d.label]
+            if dec.by_index:
+                return want
+            for i, text in enumerate(d.candidates):
+                if text == str(want) or (isinstance(want, bool) and text == str(want).lower()):
+                    return i
+            if _is_int(want) and 0 <= want < len(d.candidates):
+                return want
+            raise self.err("E0601", f"`{want}` is not a candidate of choice `{d.label}`", d.span, scope,
+                           help="candidates: " + ", ".join(f"`{c}`" for c in d.candidates)
+                           + f" (or an index 0..{len(d.candidates) - 1})")
+        if dec is not None and dec.rng is not None:
+            return dec.rng.randrange(len(d.candidates))
+        if dec is not None and dec.default:
+            return 0
+        raise self.err("E0601", f"choice `{d.label}` is not decided", d.span, scope,
+                       help=f"decide it with `--choose {d.label}=...` or `--sample SEED`")
 
     def _builtin(self, name, args, e, scope):
         try:
@@ -574,6 +661,11 @@ class Elaborator:
             return self._reuse(st, inputs, scope, span)
         if isinstance(st, Annotated):
             return self._annotated(st, inputs, scope, span, label)
+        if isinstance(st, ChoiceStage):
+            v = self.apply(st.stage, inputs, scope, span, label)
+            outs = v if isinstance(v, (list, tuple)) else [v]
+            self.trace[st.label].outs[st.index] = fmt_types([o.type for o in outs if isinstance(o, Value)])
+            return v
         raise self.err("E0206", f"{kind_of(st)} is not a stage", span, scope,
                        help="a stage is an op, a block, a labelled module or a list of stages")
 
@@ -738,6 +830,18 @@ class Elaborator:
                            help=f"its arguments: {', '.join(fields)}")
 
 
+def _source_of(e) -> str:
+    """The text of an expression as written (a choice candidate, for --choose)."""
+    from .diagnostics import _source_text
+
+    sp = e.span
+    text = _source_text(sp.file, None) if sp else None
+    if text is None or sp.line != sp.end_line:
+        return type(e).__name__
+    line = text.splitlines()[sp.line - 1]
+    return line[sp.column - 1: sp.end_column - 1]
+
+
 @dataclass(frozen=True)
 class _Builtin:
     name: str
@@ -791,5 +895,8 @@ def _arith(op, a, b):
             ">": lambda: a > b, ">=": lambda: a >= b}[op]()
 
 
-def elaborate(prog: Program, model: str, args: dict | None = None, dims: dict | None = None) -> Graph:
-    return Elaborator(prog, dims).elaborate(model, args)
+def elaborate(prog: Program, model: str, args: dict | None = None, dims: dict | None = None,
+              decider: Decider | None = None) -> Graph:
+    el = Elaborator(prog, dims)
+    el.decider = decider
+    return el.elaborate(model, args)

@@ -73,6 +73,7 @@ class Graph:
         self.inputs: list[int] = []   # input node ids, in declaration order
         self.outputs: list[int] = []  # output node ids, in declaration order
         self.containers: dict[str, str] = {}  # path -> "seq" | "block:Name": module containers
+        self.decisions: dict[str, int] = {}  # search-space label -> chosen candidate index
 
     # -- building ---------------------------------------------------------
     def add(self, op: str, attrs, inputs: list[Value], outputs: list[TensorType], path: str,

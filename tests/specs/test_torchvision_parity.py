@@ -22,7 +22,7 @@ CASES = [
     ("resnet", "ResNet18", "resnet18", 11_689_512),
     ("resnet", "ResNet34", "resnet34", 21_797_672),
     ("resnet", "ResNet50", "resnet50", 25_557_032),
-    ("resnet", "ResNet101", "resnet101", 44_549_160),
+    pytest.param("resnet", "ResNet101", "resnet101", 44_549_160, marks=pytest.mark.slow),
     pytest.param("resnet", "ResNet152", "resnet152", 60_192_808, marks=pytest.mark.slow),
     pytest.param("vgg", "VGG11", "vgg11", 132_863_336, marks=pytest.mark.slow),
     pytest.param("vgg", "VGG16", "vgg16", 138_357_544, marks=pytest.mark.slow),

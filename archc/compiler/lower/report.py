@@ -36,8 +36,6 @@ def summary_table(report: CostReport, dims: dict[str, int] | None = None):
     table.add_column("FLOPs", justify="right", footer=human(subs(report.flops)))
     for n in report.nodes:
         shapes = ", ".join(n.shapes)
-        if dims:
-            shapes = shapes  # symbols are shown as written; --dim binds them in totals
         table.add_row(n.path, n.op + (" (shared)" if n.shared else ""), shapes,
-                      f"{n.params:,}" if n.params else "", human(subs(n.flops)) if n.flops else "")
+                      f"{n.params:,}" if n.params else "", human(subs(n.flops)) if n.flops != 0 else "")
     return table

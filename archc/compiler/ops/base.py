@@ -109,6 +109,11 @@ class Op:
         """Floating-point operations of one forward pass (a multiply-add counts 2)."""
         return 0
 
+    def cache_bytes_per_token(self, a: Attrs, ins: list[TensorType]) -> int:
+        """Bytes this op adds to the key/value cache per decoded token and batch element
+        (causal attention: keys and values, 2 · kv width · bytes per element)."""
+        return 0
+
     def lower(self, a: Attrs, ins: list[TensorType], outs: list[TensorType]) -> Module | Code:
         raise NotImplementedError
 

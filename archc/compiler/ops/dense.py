@@ -9,13 +9,17 @@ class LinearAttrs(Attrs):
     out: int
     bias: bool = True
     tie: str | None = None
+    transposed: bool = False
 
 
 @register
 class Linear(Op):
     name = "linear"
     Attrs = LinearAttrs
-    doc = "y = x Wᵀ + b over the last axis (torch.nn.Linear)."
+    doc = ("y = x Wᵀ + b over the last axis (torch.nn.Linear), weight [out, in]. `tie=NAME` shares the "
+           "weight of the labelled embedding NAME. `transposed=true` stores the weight [in, out] and computes "
+           "y = x W + b (transformers' GPT-2 `Conv1D`, lowered to rt.TransposedLinear with torch.addmm), so "
+           "GPT-2's c_attn / c_proj / c_fc weights load by name without transposing.")
 
     def infer(self, a, ins):
         (x,) = ins
@@ -27,7 +31,8 @@ class Linear(Op):
 
     def params(self, a, ins):
         n_in = static_int(ins[0].shape[-1], "linear's input width")
-        p = {} if a.tie else {"weight": (a.out, n_in)}  # a tied weight is the embedding's
+        shape = (n_in, a.out) if a.transposed else (a.out, n_in)
+        p = {} if a.tie else {"weight": shape}  # a tied weight is the embedding's
         if a.bias:
             p["bias"] = (a.out,)
         return p
@@ -35,13 +40,15 @@ class Linear(Op):
     def tied(self, a, ins):
         if not a.tie:
             return {}
-        return {"weight": (f"{a.tie}.weight", (a.out, static_int(ins[0].shape[-1], "linear's input width")))}
+        n_in = static_int(ins[0].shape[-1], "linear's input width")
+        return {"weight": (f"{a.tie}.weight", (n_in, a.out) if a.transposed else (a.out, n_in))}
 
     def flops(self, a, ins, outs):
         return 2 * ins[0].numel() * a.out
 
     def lower(self, a, ins, outs):
-        return Module("nn.Linear", (static_int(ins[0].shape[-1], "linear's input width"), a.out),
+        target = "rt.TransposedLinear" if a.transposed else "nn.Linear"
+        return Module(target, (static_int(ins[0].shape[-1], "linear's input width"), a.out),
                       {} if a.bias else {"bias": False}, ties={"weight": f"{a.tie}.weight"} if a.tie else {})
 
 

@@ -17,6 +17,7 @@ class NodeCost:
     params: int  # 0 for a node that reuses another's weights
     flops: Dim
     shared: bool = False
+    cache_bytes: int = 0  # key/value cache bytes per token and batch element (causal attention)
 
 
 @dataclass
@@ -29,6 +30,11 @@ class CostReport:
     @property
     def params(self) -> int:
         return sum(n.params for n in self.nodes)
+
+    @property
+    def kv_cache_bytes_per_token(self) -> int:
+        """Key/value cache memory per decoded token, per batch element."""
+        return sum(n.cache_bytes for n in self.nodes)
 
     @property
     def flops(self) -> Dim:
@@ -47,7 +53,8 @@ class CostReport:
             "model": self.model,
             "inputs": self.inputs,
             "outputs": self.outputs,
-            "totals": {"params": self.params, "flops": num(self.flops)},
+            "totals": {"params": self.params, "flops": num(self.flops),
+                       "kv_cache_bytes_per_token": self.kv_cache_bytes_per_token},
             "nodes": [{"path": n.path, "op": n.op, "shapes": n.shapes, "params": n.params,
                        "flops": num(n.flops), "shared": n.shared} for n in self.nodes],
         }
@@ -70,5 +77,6 @@ def count_cost(graph: Graph) -> CostReport:
         ins = graph.in_types(node.id)
         params = 0 if node.shared else sum(math.prod(s) for s in op.params(node.attrs, ins).values())
         report.nodes.append(NodeCost(node.path, node.op, [fmt_shape(t.shape) for t in node.outputs], params,
-                                     op.flops(node.attrs, ins, node.outputs), node.shared))
+                                     op.flops(node.attrs, ins, node.outputs), node.shared,
+                                     op.cache_bytes_per_token(node.attrs, ins)))
     return report
