@@ -62,13 +62,14 @@ class Program:
     def graph(self, model: str | None = None, *, plan: str | Plan | None = None,
               dims: dict[str, int] | None = None, args: dict[str, Any] | None = None,
               choose: dict[str, Any] | None = None, sample: int | None = None, strict: bool = True,
-              **kwargs) -> Graph:
+              decisions: dict[str, int] | None = None, **kwargs) -> Graph:
         """Elaborate a model into the graph IR (shapes inferred, symbols kept unless bound).
 
         With a plan, its model, model arguments and `dims` are the defaults. In a
         search space, `choose` fixes decisions by label (a candidate as written,
         or its index) and `sample` draws the rest from a seed; with neither, a
-        choice is an error unless `strict=False`, which takes first candidates."""
+        choice is an error unless `strict=False`, which takes first candidates.
+        `decisions` fixes decisions by candidate index (what search strategies use)."""
         span = None
         if plan is not None:
             p = self.plan(plan) if isinstance(plan, str) else plan
@@ -78,7 +79,11 @@ class Program:
             model, dims, args, span = p.model, {**p.dims(), **(dims or {})}, {**p.args, **(args or {})}, p.span
         model = self._model(model)
         el = Elaborator(self._prog, dims)
-        el.decider = Decider(fixed=choose, seed=sample, default=not strict)
+        if decisions is not None:
+            if choose:
+                raise ValueError("pass either `choose` or `decisions`")
+            choose = decisions
+        el.decider = Decider(fixed=choose, seed=sample, default=not strict, by_index=decisions is not None)
         try:
             graph = el.elaborate(model, {**(args or {}), **kwargs}, span=span)
         except CompileError as e:
