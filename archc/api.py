@@ -100,6 +100,19 @@ class Program:
         graph.decisions = {lbl: d.chosen for lbl, d in el.trace.items()}
         return graph
 
+    def derive(self, model: str | None = None, decisions: dict[str, int] | None = None, *,
+               choose: dict[str, Any] | None = None, sample: int | None = None, args=None, **kwargs) -> str:
+        """One candidate of a space as a plain .arch text with no choices left.
+
+        Decide by index (`decisions`), by candidate as written (`choose`) or by seed (`sample`)."""
+        from .compiler.derive import derive
+
+        model = self._model(model)
+        if decisions is None:
+            graph = self.graph(model, choose=choose, sample=sample, args=args, **kwargs)
+            decisions = graph.decisions
+        return derive(self._prog, model, decisions, {**(args or {}), **kwargs})
+
     def space(self, model: str | None = None, *, dims=None, args=None, **kwargs) -> Space:
         """The decisions of a search space, its exact size, and candidates that fail to check."""
         return explore(self._prog, self._model(model), {**(args or {}), **kwargs}, dims)

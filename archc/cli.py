@@ -245,6 +245,27 @@ def cmd_space(args) -> int:
     return 0
 
 
+def cmd_sample(args) -> int:
+    from . import api
+
+    settings = dict((k, _value(v)) for k, v in _pairs(args.set, "--set"))
+    decide = _decisions(args)
+    if args.seed is not None:
+        decide["sample"] = args.seed
+    try:
+        prog = api.load(args.file)
+        text = prog.derive(args.model, args=settings, **decide)
+    except CompileError as e:
+        _print_diagnostics(e.diagnostics, False)
+        return 1
+    if args.output:
+        write_atomic(Path(args.output), text)
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="archc", description="Compile .arch architecture specs.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -280,6 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", action="append", metavar="SYM=N", help="bind a symbolic dimension")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_space)
+
+    p = sub.add_parser("sample", help="write one candidate of a search space as a plain .arch file")
+    p.add_argument("file", help="an .arch file")
+    p.add_argument("--model", help="which model (default: the file's only model)")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="a model argument")
+    p.add_argument("--choose", action="append", metavar="LABEL=VALUE", help="decide a choice")
+    p.add_argument("--seed", type=int, help="draw the undecided choices from this seed")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of printing")
+    p.set_defaults(fn=cmd_sample)
 
     p = sub.add_parser("render", help="draw a model with Graphviz")
     common(p)

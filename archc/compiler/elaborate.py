@@ -182,6 +182,8 @@ class Elaborator:
         self.symbols: set[str] = set()  # names declared as dimensions in input types
         self.decider: Decider | None = None
         self.trace: dict[str, Decision] = {}  # choices met, in order
+        self.encounters: list[tuple[A.Call, str, int]] = []  # (choice node, instance path, chosen)
+        self.instances: dict[str, tuple[str, Span | None]] = {}  # block instance path -> (block, call span)
 
     # entry point
     def elaborate(self, model: str, args: dict[str, Any] | None = None, span: Span | None = None) -> Graph:
@@ -560,6 +562,7 @@ class Elaborator:
             raise self.err("E0602", f"choices labelled `{label}` have different candidates", e.span, scope,
                            notes=[f"first labelled at {d.span}"] if d.span else [],
                            help="choices that share a label are one decision: give them the same candidates")
+        self.encounters.append((e, scope.prefix, d.chosen))
         v = self.eval(e.args[d.chosen], scope)
         if isinstance(v, STAGE_TYPES) or (isinstance(v, list) and v and all(isinstance(x, STAGE_TYPES) for x in v)):
             return ChoiceStage(label, d.chosen, v)
@@ -726,6 +729,7 @@ class Elaborator:
                            help="a block that calls itself never ends")
         path = scope.path(name)
         self.graph.containers.setdefault(path, "block:" + decl.name)
+        self.instances[path] = (decl.name, span)
         inner = Scope(prefix=path, block=decl.name, calls=scope.calls + (CallSite(decl.name, path, span),))
         kw_spans = {k: s for k, _, s in ref.kwargs}
         self._bind_params(decl, inner, list(inputs), [(k, v) for k, v, _ in ref.kwargs], kw_spans, span,
