@@ -719,8 +719,50 @@ class Elaborator:
             for nid in range(before, self.graph._next):
                 self.graph.node(nid).meta["checkpoint"] = True
             return v
-        (x,) = inputs
+        if len(inputs) != 1 or not isinstance(v, Value):
+            raise self.err("E0306", "`@residual` wraps a stage with one tensor input and one output", st.span, scope)
+        x = inputs[0]
+        if x.type.shape != v.type.shape:
+            x = self._shortcut(x, v, before, scope, st.span)
         return self._apply_op(REGISTRY["add"], {}, [v, x], st.span, scope)
+
+    def _shortcut(self, x: Value, y: Value, first_node: int, scope: Scope, span) -> Value:
+        """The projection `@residual` inserts when F(x) and x differ: a strided 1x1
+        conv and batch norm for images, a linear layer for features."""
+        xs, ys = x.type.shape, y.type.shape
+        created = [self.graph.node(i).path for i in range(first_node, self.graph._next)]
+        owner = _common_prefix(created)
+        where = (Scope(prefix=owner, block=scope.block, calls=scope.calls)
+                 if owner in self.graph.containers else scope)
+        if len(xs) != len(ys) or xs[0] != ys[0]:
+            raise self.err("E0303", f"`@residual` cannot project {x.type} onto {y.type}", span, scope,
+                           help="the stage must keep the rank and the batch")
+        if len(xs) >= 3:
+            strides = []
+            for a, b in zip(xs[2:], ys[2:]):
+                if not (isinstance(a, int) and isinstance(b, int) and b > 0 and a % b == 0) and a != b:
+                    raise self.err("E0303", f"`@residual` cannot project {x.type} onto {y.type}: "
+                                   f"{a} is not a whole multiple of {b}", span, scope,
+                                   help="the stage may shrink spatial sizes only by whole strides")
+                strides.append(1 if a == b else a // b)
+            stride = strides[0] if len(set(strides)) == 1 else strides
+            name = self._fresh_exact(where, "shortcut")
+            conv = OpRef(REGISTRY["conv"], (ys[1], 1), (("stride", stride, span), ("bias", False, span)), span)
+            bn = OpRef(REGISTRY["bn"], span=span)
+            return self._sequence([conv, bn], [x], where, span, name)
+        if any(a != b for a, b in zip(xs[:-1], ys[:-1])):
+            raise self.err("E0303", f"`@residual` cannot project {x.type} onto {y.type}", span, scope,
+                           help="only the last axis may change for features")
+        name = self._fresh_exact(where, "shortcut")
+        return self.apply(OpRef(REGISTRY["linear"], (ys[-1],), (), span), [x], where, span, label=name)
+
+    def _fresh_exact(self, scope: Scope, base: str) -> str:
+        """`base` itself if free in the scope, else `base_1`, `base_2`..."""
+        name, k = base, 0
+        while scope.path(name) in self.used_paths:
+            k += 1
+            name = f"{base}_{k}"
+        return name
 
     def _call_block(self, ref: OpRef, inputs, scope: Scope, name: str, span):
         decl: A.BlockDecl = ref.callee
@@ -832,6 +874,18 @@ class Elaborator:
                    else f"invalid `{loc}` for `{op.name}`: {first['msg']}")
             raise self.err(code, msg, kspan, scope,
                            help=f"its arguments: {', '.join(fields)}")
+
+
+def _common_prefix(paths: list[str]) -> str:
+    if not paths:
+        return ""
+    parts = [p.split(".") for p in paths]
+    out = []
+    for comps in zip(*parts):
+        if len(set(comps)) != 1:
+            break
+        out.append(comps[0])
+    return ".".join(out)
 
 
 def _source_of(e) -> str:

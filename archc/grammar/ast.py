@@ -208,6 +208,18 @@ class PlanDecl(Node):
 
 
 @dataclass
+class Comment:
+    """A `#` comment as written (not a Node: it takes no part in the tree)."""
+    line: int
+    column: int
+    text: str  # from `#` to the end of the line, trailing whitespace removed
+    own_line: bool  # nothing but whitespace before it on its line
+
+
+@dataclass
 class File(Node):
     decls: list
     path: str = field(default="<string>", compare=False)
+    # For the formatter (archc/grammar/printer.py) only; never compared:
+    comments: list[Comment] = field(default_factory=list, compare=False, repr=False)
+    braces: list[tuple[int, int, str]] = field(default_factory=list, compare=False, repr=False)  # (line, column, "{" or "}")

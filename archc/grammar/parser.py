@@ -364,6 +364,28 @@ def _parse_one(text: str, file: str) -> A.File:
     return _ToAst(file).transform(tree)
 
 
+# In text that parsed, a `"` outside comments starts a string and a `#` outside
+# strings starts a comment; braces occur only around bodies.
+_TRIVIA = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|[{}]')
+
+
+def _with_trivia(tree: A.File, text: str) -> A.File:
+    """Record comments and brace positions on the File, for the formatter."""
+    line, line_start = 1, 0
+    for m in _TRIVIA.finditer(text):
+        if m.group()[0] == '"':
+            continue
+        line += text.count("\n", line_start, m.start())
+        line_start = text.rfind("\n", 0, m.start()) + 1
+        col = m.start() - line_start + 1
+        if m.group()[0] == "#":
+            own = not text[line_start:m.start()].strip()
+            tree.comments.append(A.Comment(line, col, m.group().rstrip(), own))
+        else:
+            tree.braces.append((line, col, m.group()))
+    return tree
+
+
 def parse(text: str | bytes, filename: str = "<string>") -> A.File:
     """Parse .arch text into an AST; raises CompileError with every syntax error found."""
     if isinstance(text, bytes):
@@ -379,7 +401,7 @@ def parse(text: str | bytes, filename: str = "<string>") -> A.File:
         text = text[1:]
     register_source(filename, text)
     try:
-        return _parse_one(text, filename)
+        return _with_trivia(_parse_one(text, filename), text)
     except UnexpectedInput as e:
         first = _syntax_diagnostic(e, filename, text)
     # Report one error per top-level declaration: parse each one on its own,
