@@ -62,14 +62,16 @@ class Program:
     def graph(self, model: str | None = None, *, plan: str | Plan | None = None,
               dims: dict[str, int] | None = None, args: dict[str, Any] | None = None,
               choose: dict[str, Any] | None = None, sample: int | None = None, strict: bool = True,
-              decisions: dict[str, int] | None = None, **kwargs) -> Graph:
+              decisions: dict[str, int] | None = None, relax: str | None = None, **kwargs) -> Graph:
         """Elaborate a model into the graph IR (shapes inferred, symbols kept unless bound).
 
         With a plan, its model, model arguments and `dims` are the defaults. In a
         search space, `choose` fixes decisions by label (a candidate as written,
         or its index) and `sample` draws the rest from a seed; with neither, a
         choice is an error unless `strict=False`, which takes first candidates.
-        `decisions` fixes decisions by candidate index (what search strategies use)."""
+        `decisions` fixes decisions by candidate index (what search strategies use).
+        `relax="darts"` (or "gdas", "pcdarts") builds the supernet instead: every
+        cell edge and op choice a mixed op over all candidates, weighted by α."""
         span = None
         if plan is not None:
             p = self.plan(plan) if isinstance(plan, str) else plan
@@ -84,6 +86,10 @@ class Program:
                 raise ValueError("pass either `choose` or `decisions`")
             choose = decisions
         el.decider = Decider(fixed=choose, seed=sample, default=not strict, by_index=decisions is not None)
+        if relax is not None and relax not in ("darts", "gdas", "pcdarts"):
+            raise CompileError(Diagnostic("E0207", f"unknown relaxation `{relax}`", span,
+                                          help="relaxations: darts, gdas, pcdarts"))
+        el.relax = relax
         try:
             graph = el.elaborate(model, {**(args or {}), **kwargs}, span=span)
         except CompileError as e:

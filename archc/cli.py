@@ -137,6 +137,9 @@ def cmd_check(args) -> int:
     else:
         for file, r in results:
             print(f"ok  {file}: {r.model}  {r.params:,} parameters")
+        for file in args.files:
+            if not any(f == file for f, _ in results):
+                print(f"ok  {file}: no models (its blocks are checked where they are used)")
     return 1 if diags else 0
 
 
@@ -266,6 +269,63 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_fmt(args) -> int:
+    """Rewrite specs in the canonical layout (archc/grammar/printer.py); a file
+    that does not parse is never touched."""
+    import difflib
+    import stat
+
+    from .grammar.parser import parse
+    from .grammar.printer import canonical_order, print_file
+
+    rc, diags, changed = 0, [], []
+    for file in args.files:
+        path = Path(file)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            rc = max(rc, _usage(f"cannot read {file}: {e.strerror or e}"))
+            continue
+        try:
+            tree = parse(data, file)
+        except CompileError as e:
+            diags += e.diagnostics
+            continue
+        old = data.decode("utf-8").removeprefix("\ufeff")
+        try:
+            new = print_file(tree)
+            again = parse(new, f"{file} (formatted)")
+            same = (again.decls == canonical_order(tree.decls)
+                    and sorted(c.text for c in again.comments) == sorted(c.text for c in tree.comments))
+        except (CompileError, ValueError, TypeError, RecursionError):
+            same = False
+        if not same:  # a printer bug must never cost the user their spec
+            print(f"archc: error: cannot format {file} safely; left unchanged (a bug in archc fmt: please report it)",
+                  file=sys.stderr)
+            rc = max(rc, 1)
+            continue
+        if new == data.decode("utf-8"):
+            continue
+        changed.append(file)
+        if args.diff:
+            for line in difflib.unified_diff(old.splitlines(True), new.splitlines(True), file, f"{file} (formatted)"):
+                sys.stdout.write(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+        if args.check:
+            print(f"would reformat {file}", file=sys.stderr if args.diff else sys.stdout)
+        elif not args.diff:
+            target = path.resolve()  # through a symlink, keeping the file's permissions
+            mode = stat.S_IMODE(target.stat().st_mode)
+            write_atomic(target, new)
+            os.chmod(target, mode)
+            print(f"reformatted {file}")
+    if diags:
+        _print_diagnostics(diags, False)
+        rc = max(rc, 1)
+    if args.check and changed:
+        rc = max(rc, 1)
+    return rc
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="archc", description="Compile .arch architecture specs.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -316,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", metavar="FILE", help="output file (format from its suffix)")
     p.add_argument("--format", default="svg", choices=["svg", "png", "pdf", "dot"])
     p.set_defaults(fn=cmd_render)
+
+    p = sub.add_parser("fmt", help="rewrite specs in the canonical layout (keeps comments)")
+    p.add_argument("files", nargs="+", help=".arch files")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 listing the files that would change")
+    p.add_argument("--diff", action="store_true", help="change nothing; print a unified diff of the changes")
+    p.set_defaults(fn=cmd_fmt)
 
     args = ap.parse_args(argv)
     try:

@@ -64,6 +64,7 @@ CODES: dict[str, str] = {
     "E0601": "undecided or unknown choice",
     "E0602": "inconsistent choice",
     "E0603": "candidates produce different shapes",
+    "E0604": "invalid cell",
     # plans
     "E0501": "unknown directive",
     "E0502": "invalid directive argument",

@@ -92,6 +92,8 @@ class Decision:
     span: Span | None
     chosen: int = 0
     outs: dict[int, str] = field(default_factory=dict)  # candidate -> output types, for op choices
+    leaf: bool = False  # no candidate can open further decisions (a cell edge's op)
+    parent: str | None = None  # the decision this one exists under (a cell edge under its node's inputs)
 
 
 class Decider:
@@ -181,6 +183,8 @@ class Elaborator:
         self.used_paths: dict[str, int] = {}
         self.symbols: set[str] = set()  # names declared as dimensions in input types
         self.decider: Decider | None = None
+        self.relax: str | None = None  # "darts" | "gdas" | "pcdarts": build a supernet
+        self._alphas: dict[str, Value] = {}  # relaxed decision group -> its α table
         self.trace: dict[str, Decision] = {}  # choices met, in order
         self.encounters: list[tuple[A.Call, str, int]] = []  # (choice node, instance path, chosen)
         self.instances: dict[str, tuple[str, Span | None]] = {}  # block instance path -> (block, call span)
@@ -521,7 +525,14 @@ class Elaborator:
     def _e_Call(self, e, scope):
         if isinstance(e.func, A.Name) and e.func.id == "choice" and "choice" not in scope.vars:
             return self._choice(e, scope)
+        if isinstance(e.func, A.Name) and e.func.id == "cell" and "cell" not in scope.vars:
+            return self._cell(e, scope)
         f = self.eval(e.func, scope)
+        if isinstance(f, ModuleRef) and isinstance(e.func, A.Name):
+            # A label named like an op or block (`conv: conv(...)`) does not hide it from calls.
+            callee = self.prog.blocks.get(e.func.id) or REGISTRY.get(e.func.id)
+            if callee is not None:
+                f = OpRef(callee, span=e.func.span)
         args = [self.eval(a, scope) for a in e.args]
         kwargs = [(k.name, self.eval(k.value, scope), k.span) for k in e.kwargs]
         if isinstance(f, _Builtin):
@@ -554,6 +565,11 @@ class Elaborator:
         if label is None:  # an unlabelled choice is named by where it is
             label = scope.path(scope.fresh("choice"))
         cands = [_source_of(a) for a in e.args]
+        if self.relax is not None:
+            values = [self.eval(a, scope) for a in e.args]
+            if all(isinstance(v, STAGE_TYPES) for v in values):  # an op choice becomes a mixed op
+                self.trace.setdefault(label, Decision(label, cands, e.span))
+                return RelaxedChoice(label, tuple(values), e.span)
         d = self.trace.get(label)
         if d is None:
             d = self.trace[label] = Decision(label, cands, e.span)
@@ -567,6 +583,146 @@ class Elaborator:
         if isinstance(v, STAGE_TYPES) or (isinstance(v, list) and v and all(isinstance(x, STAGE_TYPES) for x in v)):
             return ChoiceStage(label, d.chosen, v)
         return v
+
+    # -- cells (DARTS) ----------------------------------------------------------
+    def _cell(self, e, scope):
+        """`cell(inputs..., nodes=N, ops=[...], keep=K|"all", stride=S, combine=..., group=...)`."""
+        import itertools
+
+        inputs: list[Value] = []
+        for a in e.args:
+            v = self.eval(a, scope)
+            if not _is_tensors(v):
+                raise self.err("E0206", f"`cell` takes tensors first, got {kind_of(v)}", a.span, scope,
+                               help="its settings are keyword arguments: nodes=, ops=, keep=, stride=, ...")
+            inputs.extend(v if isinstance(v, (list, tuple)) else [v])
+        allowed = ("nodes", "ops", "keep", "stride", "combine", "group", "genotype")
+        kw: dict[str, tuple] = {}
+        for k in e.kwargs:
+            if k.name not in allowed:
+                raise self.err("E0203", f"`cell` has no argument `{k.name}`", k.span, scope,
+                               help=did_you_mean(k.name, allowed) or "its arguments: " + ", ".join(allowed))
+            kw[k.name] = (self.eval(k.value, scope), k.span)
+
+        def arg(name, default=None):
+            return kw[name][0] if name in kw else default
+
+        def where(name):
+            return kw[name][1] if name in kw else e.span
+
+        nodes, ops, keep = arg("nodes"), arg("ops"), arg("keep", "all")
+        stride, combine = arg("stride", 1), arg("combine", "concat")
+        if not inputs:
+            raise self.err("E0306", "`cell` needs at least one input tensor", e.span, scope)
+        if not _is_int(nodes) or nodes < 1:
+            raise self.err("E0604", "`cell` needs `nodes=N` with N >= 1", where("nodes"), scope)
+        if not isinstance(ops, list) or not ops or not all(isinstance(o, STAGE_TYPES) for o in ops):
+            raise self.err("E0604", "`cell` needs `ops=[...]`, a list of ops", where("ops"), scope)
+        if keep != "all" and not (_is_int(keep) and keep >= 1):
+            raise self.err("E0604", f"`keep` is a number of inputs or \"all\", got {keep!r}", where("keep"), scope)
+        if _is_int(keep) and keep > len(inputs):
+            raise self.err("E0604", f"`keep={keep}` but the first node has only {len(inputs)} input(s)",
+                           where("keep"), scope, help=f"keep at most {len(inputs)}")
+        if combine not in ("concat", "last"):
+            raise self.err("E0604", f'`combine` is "concat" or "last", got {combine!r}', where("combine"), scope)
+        if not _is_int(stride) or stride < 1:
+            raise self.err("E0604", f"`stride` must be a positive int, got {stride!r}", where("stride"), scope)
+        name = self._fresh(scope, "cell")
+        self._claim(scope, name, e.span)
+        path = scope.path(name)
+        group = arg("group") or path
+        self.graph.containers[path] = "cell"
+        inner = Scope(prefix=path, block=scope.block, calls=scope.calls, vars=scope.vars)
+        discrete = [o for o in ops if keep == "all" or not _is_zero(o)]
+        reprs = [_stage_repr(o) for o in discrete]
+        leaf = all(_is_leaf(o) for o in ops)
+        n_edges = sum(len(inputs) + j for j in range(nodes))
+        alpha = self._alpha(group, n_edges, len(ops), e.span, scope) if self.relax else None
+        genotype = arg("genotype")
+        states = list(inputs)
+        row = 0
+        for j in range(nodes):
+            n_in = len(states)
+            if self.relax or keep == "all":
+                edges = list(range(n_in))
+            elif genotype is not None:
+                edges = [i for _, i in genotype[j]]
+            else:
+                combos = list(itertools.combinations(range(n_in), keep))
+                inputs_label = f"{group}.node{j}.inputs"
+                edges = list(combos[self._cell_decision(inputs_label,
+                                                        ["+".join(f"s{i}" for i in c) for c in combos],
+                                                        e.span, scope, leaf=False)])
+            terms = []
+            for i in edges:
+                s_edge = stride if i < len(inputs) else 1
+                if self.relax:
+                    outs = [self._apply_edge(o, states[i], s_edge, inner, f"edge{j}_{i}.{k}", e.span)
+                            for k, o in enumerate(ops)]
+                    terms.append(self._mixed(alpha, row + i, outs, inner, e.span))
+                    continue
+                if genotype is not None:
+                    op = next(o for o, src in genotype[j] if src == i)
+                else:
+                    op = discrete[self._cell_decision(f"{group}.node{j}.edge{i}", reprs, e.span, scope, leaf,
+                                                      parent=None if keep == "all" else inputs_label)]
+                terms.append(self._apply_edge(op, states[i], s_edge, inner, f"edge{j}_{i}", e.span))
+            row += n_in
+            total = terms[0]
+            for t in terms[1:]:
+                total = self._apply_op(REGISTRY["add"], {}, [total, t], e.span, inner)
+            states.append(total)
+        inter = states[len(inputs):]
+        if combine == "last" or len(inter) == 1:
+            return inter[-1]
+        return self._apply_op(REGISTRY["concat"], {"dim": 1}, inter, e.span, inner, name="concat")
+
+    def _cell_decision(self, label, cands, span, scope, leaf: bool, parent: str | None = None) -> int:
+        d = self.trace.get(label)
+        if d is None:
+            d = self.trace[label] = Decision(label, cands, span, leaf=leaf, parent=parent)
+            d.chosen = self._decide(d, scope)
+        elif d.candidates != cands:
+            raise self.err("E0604", f"cells of group `{label.split('.node')[0]}` have different shapes", span, scope,
+                           notes=[f"first seen at {d.span}"] if d.span else [],
+                           help="cells that share a `group` must have the same inputs, nodes and ops")
+        return d.chosen
+
+    def _apply_edge(self, op, x: Value, stride: int, scope: Scope, label: str, span):
+        """Apply a cell's candidate op to one state, giving it the edge's stride."""
+        takes_stride = _takes(op, "stride")
+        if stride != 1 and not takes_stride:
+            raise self.err("E0604", f"`{_stage_repr(op)}` cannot take the edge's stride {stride}", span, scope,
+                           help="give the cell ops that take `stride` (a stride-2 skip is a factorized reduce)")
+        if takes_stride and isinstance(op, OpRef):
+            op = OpRef(op.callee, op.args, op.kwargs + (("stride", stride, span),), op.span)
+        before = x.type
+        y = self.apply(op, [x], scope, span, label=label)
+        if not isinstance(y, Value) or y.type.shape[:2] != before.shape[:2]:
+            got = y.type if isinstance(y, Value) else kind_of(y)
+            raise self.err("E0604", f"cell op `{_stage_repr(op)}` changes the channels: {before} -> {got}", span,
+                           scope, help="each op in a cell must keep its input's channel count")
+        return y
+
+    def _alpha(self, group: str, rows: int, cols: int, span, scope) -> Value:
+        """The α table of a relaxed decision group, made once and shared by its cells."""
+        if group in self._alphas:
+            a = self._alphas[group]
+            if a.type.shape != (rows, cols):
+                raise self.err("E0604", f"group `{group}` is used by cells of different shapes", span, scope,
+                               help="cells that share a `group` must have the same inputs, nodes and ops")
+            return a
+        top = Scope(prefix="arch", block=scope.block, calls=())
+        self.graph.containers["arch"] = "arch"
+        self._claim(top, _ident_path(group), span)
+        a = self._apply_op(REGISTRY["arch_param"], {"rows": rows, "cols": cols}, [], span, top,
+                           name=_ident_path(group))
+        self._alphas[group] = a
+        return a
+
+    def _mixed(self, alpha: Value, row: int, outs: list, scope: Scope, span) -> Value:
+        relax = "gumbel" if self.relax == "gdas" else "softmax"
+        return self._apply_op(REGISTRY["mixed"], {"row": row, "relax": relax}, [alpha] + list(outs), span, scope)
 
     def _decide(self, d: Decision, scope) -> int:
         dec = self.decider
@@ -664,6 +820,14 @@ class Elaborator:
             return self._reuse(st, inputs, scope, span)
         if isinstance(st, Annotated):
             return self._annotated(st, inputs, scope, span, label)
+        if isinstance(st, RelaxedChoice):
+            name = label or self._fresh(scope, "choice")
+            self._claim(scope, name, st.span or span)
+            inner = Scope(prefix=scope.path(name), block=scope.block, calls=scope.calls, vars=scope.vars)
+            self.graph.containers[inner.prefix] = "choice"
+            outs = [self.apply(c, inputs, inner, span, label=str(k)) for k, c in enumerate(st.candidates)]
+            alpha = self._alpha(st.label, 1, len(outs), span, scope)
+            return self._mixed(alpha, 0, outs, inner, span)
         if isinstance(st, ChoiceStage):
             v = self.apply(st.stage, inputs, scope, span, label)
             outs = v if isinstance(v, (list, tuple)) else [v]
@@ -707,8 +871,12 @@ class Elaborator:
         in_types = [v.type for v in inputs]
         old_types = self.graph.in_types(owner.id)
         if op.params(owner.attrs, in_types) != op.params(owner.attrs, old_types):
+            leaf = ref.path.rsplit(".", 1)[-1]
             raise self.err("E0301", f"`{ref.path}` is reused on {fmt_types(in_types)}, but its weights were made "
-                           f"for {fmt_types(old_types)}", span, scope)
+                           f"for {fmt_types(old_types)}", span, scope,
+                           help=f"`{leaf}` here is the module labelled `{leaf}`, reused with shared weights; "
+                           f"for a fresh `{leaf}` op write `{leaf}()`" if leaf in REGISTRY or leaf in self.prog.blocks
+                           else None)
         return self._add_node(op, owner.attrs, inputs, span, scope, ref.path, shared=True)
 
     def _annotated(self, st: Annotated, inputs, scope, span, label):
@@ -876,6 +1044,50 @@ class Elaborator:
                            help=f"its arguments: {', '.join(fields)}")
 
 
+@dataclass(frozen=True)
+class RelaxedChoice:
+    """An op choice in a supernet: every candidate, mixed by α."""
+
+    label: str
+    candidates: tuple
+    span: Span | None = None
+
+
+def _is_zero(op) -> bool:
+    return isinstance(op, OpRef) and isinstance(op.callee, Op) and op.callee.name == "zero"
+
+
+def _takes(op, param: str) -> bool:
+    if isinstance(op, OpRef):
+        if isinstance(op.callee, Op):
+            return param in op.callee.Attrs.model_fields
+        return any(p.name == param for p in op.callee.params)
+    return False
+
+
+def _is_leaf(op) -> bool:
+    """An op that cannot open decisions: a built-in op, or a block with no choice in it."""
+    if not isinstance(op, OpRef):
+        return False
+    if isinstance(op.callee, Op):
+        return True
+    return "choice(" not in repr(op.callee.body) and "cell(" not in repr(op.callee.body)
+
+
+def _stage_repr(op) -> str:
+    if isinstance(op, OpRef):
+        args = [repr(a) if not isinstance(a, STAGE_TYPES) else _stage_repr(a) for a in op.args]
+        args += [f"{k}={v!r}" for k, v, _ in op.kwargs]
+        return op.name + (f"({', '.join(args)})" if args else "")
+    return kind_of(op)
+
+
+def _ident_path(label: str) -> str:
+    import re
+
+    return re.sub(r"\W", "_", label)
+
+
 def _common_prefix(paths: list[str]) -> str:
     if not paths:
         return ""
@@ -949,8 +1161,16 @@ def _arith(op, a, b):
         return a ** b
     if op == "@":
         raise TypeError
+    if op in ("==", "!=") and (isinstance(a, Sym) or isinstance(b, Sym)):
+        diff = a - b  # symbolic sizes are equal only if provably so
+        if not isinstance(diff, int):
+            raise NotStatic(f"`{a} {op} {b}` depends on the value of a symbol")
+        return (diff == 0) == (op == "==")
     return {"==": lambda: a == b, "!=": lambda: a != b, "<": lambda: a < b, "<=": lambda: a <= b,
             ">": lambda: a > b, ">=": lambda: a >= b}[op]()
+
+
+STAGE_TYPES = STAGE_TYPES + (RelaxedChoice,)
 
 
 def elaborate(prog: Program, model: str, args: dict | None = None, dims: dict | None = None,

@@ -10,7 +10,7 @@ from ..grammar.parser import parse
 from .diagnostics import CompileError, Diagnostic, Span, did_you_mean
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
-BUILTINS = ("range", "len", "min", "max", "abs", "choice")
+BUILTINS = ("range", "len", "min", "max", "abs", "choice", "cell")
 
 
 @dataclass

@@ -72,11 +72,17 @@ class _Explorer:
 
     def size(self, assign: dict[str, int], known: frozenset) -> int:
         trace, _ = self.run(assign)
-        opened = [lbl for lbl in trace if lbl not in assign and lbl not in known]
+        # A decision that exists under a parent decision belongs to the parent's subtree.
+        opened = [lbl for lbl in trace if lbl not in assign and lbl not in known
+                  and (trace[lbl].parent is None or trace[lbl].parent in assign)]
         inner = known | set(opened)
         total = 1
         for lbl in opened:
-            total *= sum(self.size({**assign, lbl: v}, inner) for v in range(len(trace[lbl].candidates)))
+            n = len(trace[lbl].candidates)
+            if trace[lbl].leaf:  # its candidates open nothing: no need to elaborate each
+                total *= n
+                continue
+            total *= sum(self.size({**assign, lbl: v}, inner) for v in range(n))
         return total
 
 

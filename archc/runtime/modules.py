@@ -308,3 +308,35 @@ def rope(x, base: float = 10000.0, heads: int | None = None, cache: KVCache | No
     h = heads or 1
     y = apply_rope(x.view(b, t, h, d // h).transpose(1, 2), base, _start(t, cache, key))
     return y.transpose(1, 2).reshape(b, t, d)
+
+
+class Supernet(nn.Module):
+    """A relaxed search space: architecture parameters live under `arch.` and are
+    kept apart from the weights, as the DARTS reference keeps its α."""
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        for name, p in super().named_parameters(prefix, recurse, remove_duplicate):
+            if not name.startswith(prefix + "arch." if prefix else "arch."):
+                yield name, p
+
+    def arch_parameters(self) -> list:
+        arch = self._modules.get("arch")
+        return list(arch._parameters.values()) if arch is not None else []
+
+    def named_arch_parameters(self):
+        arch = self._modules.get("arch")
+        return list(arch._parameters.items()) if arch is not None else []
+
+
+def mixed(alpha, candidates, relax: str, training: bool):
+    """A mixed operation: candidates weighted by softmax(α) (DARTS) or a hard
+    Gumbel-softmax sample (GDAS), which still passes gradients to α."""
+    import torch
+    import torch.nn.functional as F
+
+    if relax == "gumbel":
+        weights = F.gumbel_softmax(alpha, tau=1.0, hard=True) if training else F.one_hot(
+            alpha.argmax(), alpha.numel()).to(alpha.dtype)
+    else:
+        weights = F.softmax(alpha, dim=-1)
+    return sum(w * c for w, c in zip(weights.unbind(0), candidates))

@@ -98,6 +98,7 @@ def generate(graph: Graph, source_name: str = "<spec>") -> Generated:
     nodes = graph.nodes()
     lowered: dict[int, Module | Param | Code] = {}
     ties: list[str] = []
+    supernet = False  # architecture parameters present: the class keeps them apart
     for n in nodes:
         if n.op in ("input", "output"):
             continue
@@ -112,7 +113,11 @@ def generate(graph: Graph, source_name: str = "<spec>") -> Generated:
                 ties.append(f"{_access(n.path)}.{attr} = {_access(owner)}.{param}  # tied weights")
         elif isinstance(low, Param) and not n.shared:
             ensure_container(n.path)
-            init.append(_assign(n.path, f"nn.Parameter(torch.{low.init}({', '.join(map(repr, low.shape))}))"))
+            value = f"torch.{low.init}({', '.join(map(repr, low.shape))})"
+            if low.scale != 1.0:
+                value = f"{low.scale!r} * {value}"
+            init.append(_assign(n.path, f"nn.Parameter({value})"))
+            supernet = supernet or getattr(REGISTRY[n.op], "is_arch", False)
         elif isinstance(low, Code):
             for name, obj in low.env.items():
                 env[name] = obj
@@ -177,7 +182,8 @@ def generate(graph: Graph, source_name: str = "<spec>") -> Generated:
 
     lines = [HEADER.format(source=source_name, model=graph.name).rstrip()]
     lines += sorted(imports)
-    lines += ["", "", f"class {class_name}(nn.Module):",
+    base = "rt.Supernet" if supernet else "nn.Module"
+    lines += ["", "", f"class {class_name}({base}):",
               f"    output_names = {tuple(out_names)!r}", "",
               "    def __init__(self):", "        super().__init__()"]
     lines += ["        " + s for s in init + ties]

@@ -4,3 +4,4 @@ from . import dense  # noqa: F401  (each family module registers its ops)
 from . import conv, norm, activation, regularize, pooling, shape, elementwise, structural  # noqa: F401
 from . import graph_io  # noqa: F401
 from . import attention, position  # noqa: F401
+from . import search  # noqa: F401

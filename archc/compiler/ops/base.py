@@ -65,7 +65,8 @@ class Param:
 
     shape: tuple
     call: str = "{m}"
-    init: str = "zeros"  # a torch.nn.init-free constructor: zeros | randn
+    init: str = "zeros"  # a torch constructor: zeros | ones | randn
+    scale: float = 1.0  # multiplies the initial value (DARTS initialises α to 1e-3·randn)
 
 
 @dataclass
@@ -87,6 +88,8 @@ class Op:
     arity: ClassVar[int | None] = 1
     # Attribute fields that take a tensor instead of a value (mha's `kv=`).
     tensor_attrs: ClassVar[tuple[str, ...]] = ()
+    # True for ops whose parameters are architecture parameters (a supernet's α), not weights.
+    is_arch: ClassVar[bool] = False
     doc: ClassVar[str] = ""
 
     def infer(self, a: Attrs, ins: list[TensorType]) -> list[TensorType]:

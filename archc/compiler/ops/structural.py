@@ -1,7 +1,8 @@
 """Structural ops: identity (alias skip) and zero; weightless, FLOPs 0."""
 from __future__ import annotations
 
-from .base import Code, Op, alias, register
+from ..ir import TensorType
+from .base import Attrs, Code, Op, ShapeError, alias, register
 
 
 @register
@@ -16,16 +17,30 @@ class Identity(Op):
         return Code("{0}")
 
 
+class ZeroAttrs(Attrs):
+    stride: int = 1
+
+
 @register
 class Zero(Op):
     name = "zero"
-    doc = "Zeros of the input's shape and dtype (a search space's `none` edge)."
+    Attrs = ZeroAttrs
+    doc = ("Zeros of the input's shape and dtype (a search space's `none` edge); with `stride`, "
+           "of the strided spatial shape, as DARTS's Zero.")
 
     def infer(self, a, ins):
-        return [ins[0]]
+        (x,) = ins
+        if a.stride == 1:
+            return [x]
+        if x.rank < 3:
+            raise ShapeError("E0302", f"a strided zero needs spatial axes, got {x}")
+        return [TensorType(x.shape[:2] + tuple((d + a.stride - 1) // a.stride for d in x.shape[2:]), x.dtype)]
 
     def lower(self, a, ins, outs):
-        return Code("torch.zeros_like({0})")
+        if a.stride == 1:
+            return Code("torch.zeros_like({0})")
+        sl = ", ".join([":", ":"] + [f"::{a.stride}"] * (ins[0].rank - 2))
+        return Code(f"{{0}}[{sl}].mul(0.0)")
 
 
 alias("skip", "identity")

@@ -18,6 +18,7 @@ class NodeCost:
     flops: Dim
     shared: bool = False
     cache_bytes: int = 0  # key/value cache bytes per token and batch element (causal attention)
+    arch: bool = False  # architecture parameters of a supernet, not weights
 
 
 @dataclass
@@ -29,7 +30,13 @@ class CostReport:
 
     @property
     def params(self) -> int:
-        return sum(n.params for n in self.nodes)
+        """Weights: what `module.parameters()` holds."""
+        return sum(n.params for n in self.nodes if not n.arch)
+
+    @property
+    def arch_params(self) -> int:
+        """Architecture parameters of a supernet (`module.arch_parameters()`)."""
+        return sum(n.params for n in self.nodes if n.arch)
 
     @property
     def kv_cache_bytes_per_token(self) -> int:
@@ -53,7 +60,7 @@ class CostReport:
             "model": self.model,
             "inputs": self.inputs,
             "outputs": self.outputs,
-            "totals": {"params": self.params, "flops": num(self.flops),
+            "totals": {"params": self.params, "arch_params": self.arch_params, "flops": num(self.flops),
                        "kv_cache_bytes_per_token": self.kv_cache_bytes_per_token},
             "nodes": [{"path": n.path, "op": n.op, "shapes": n.shapes, "params": n.params,
                        "flops": num(n.flops), "shared": n.shared} for n in self.nodes],
@@ -78,5 +85,5 @@ def count_cost(graph: Graph) -> CostReport:
         params = 0 if node.shared else sum(math.prod(s) for s in op.params(node.attrs, ins).values())
         report.nodes.append(NodeCost(node.path, node.op, [fmt_shape(t.shape) for t in node.outputs], params,
                                      op.flops(node.attrs, ins, node.outputs), node.shared,
-                                     op.cache_bytes_per_token(node.attrs, ins)))
+                                     op.cache_bytes_per_token(node.attrs, ins), op.is_arch))
     return report

@@ -250,6 +250,7 @@ def test_mha_cache_matches_full_sequence(layout):
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_mha_matches_llama_attention():
     """mha(heads, kv_heads, causal, bias=false, rope=base) is transformers' LlamaAttention:
     same parameter names and count, same outputs."""

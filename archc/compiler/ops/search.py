@@ -1,0 +1,68 @@
+"""Ops of relaxed search spaces: architecture parameters and mixed operations.
+
+A supernet (`relax="darts"`) gives every relaxed decision an `arch_param`
+table (one row per edge, one column per candidate) and replaces the decision
+by a `mixed` node over all candidates. Architecture parameters are counted and
+optimised apart from the weights (`arch_parameters()` vs `parameters()`).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from ..ir import TensorType
+from .base import Attrs, Code, Op, Param, ShapeError, register
+
+
+class ArchParamAttrs(Attrs):
+    rows: int
+    cols: int
+
+
+@register
+class ArchParam(Op):
+    name = "arch_param"
+    Attrs = ArchParamAttrs
+    arity = 0
+    is_arch = True  # its parameters are architecture parameters, not weights
+    doc = "A table of architecture parameters α (rows: edges, columns: candidates), initialised to 1e-3·N(0, 1)."
+
+    def infer(self, a, ins):
+        return [TensorType((a.rows, a.cols))]
+
+    def params(self, a, ins):
+        return {"": (a.rows, a.cols)}
+
+    def lower(self, a, ins, outs):
+        return Param((a.rows, a.cols), init="randn", scale=1e-3)
+
+
+class MixedAttrs(Attrs):
+    row: int  # which row of the α table weighs this edge
+    relax: Literal["softmax", "gumbel"] = "softmax"
+
+
+@register
+class Mixed(Op):
+    name = "mixed"
+    Attrs = MixedAttrs
+    arity = None
+    doc = ("Σ_k w_k · candidate_k with w = softmax(α[row]) (DARTS) or a hard Gumbel-softmax sample (GDAS); "
+           "its first input is the α table. FLOPs: 2 per element per candidate.")
+
+    def infer(self, a, ins):
+        alpha, *cands = ins
+        if not cands:
+            raise ShapeError("E0306", "a mixed op needs candidates")
+        if alpha.rank != 2 or a.row >= alpha.shape[0] or alpha.shape[1] != len(cands):
+            raise ShapeError("E0303", f"α table {alpha} does not fit row {a.row} of {len(cands)} candidates")
+        for c in cands[1:]:
+            if c.shape != cands[0].shape:
+                raise ShapeError("E0603", f"candidates produce different shapes: {cands[0]} vs {c}")
+        return [cands[0]]
+
+    def flops(self, a, ins, outs):
+        return 2 * outs[0].numel() * (len(ins) - 1)
+
+    def lower(self, a, ins, outs):
+        cands = ", ".join(f"{{{i}}}" for i in range(1, len(ins)))
+        return Code(f"rt.mixed({{0}}[{a.row}], [{cands}], {a.relax!r}, self.training)")
