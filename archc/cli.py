@@ -116,6 +116,13 @@ def cmd_check(args) -> int:
         for model, plan in jobs:
             try:
                 graph = prog.graph(model, plan=plan, dims=dims, args=settings, strict=False)
+                if plan is not None:  # a search plan: objectives, constraints, storage, data
+                    from .search.config import check_search_plan
+
+                    plan_diags = check_search_plan(prog, plan)
+                    if plan_diags:
+                        diags += plan_diags
+                        continue
                 if graph.decisions and plan is None:  # a search space: check every candidate
                     from .compiler.space import check_space
 
@@ -326,6 +333,70 @@ def cmd_fmt(args) -> int:
     return rc
 
 
+def cmd_search(args) -> int:
+    """Run (or resume, or join) the search a `search` plan describes; write the best candidate."""
+    from . import api
+    from .search.config import load_config
+
+    if args.trials is not None and args.trials < 1:
+        return _usage("--trials must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        return _usage("--threads must be at least 1")
+    try:
+        prog = api.load(args.file)
+        name_errors = prog.check_names()
+        if name_errors:
+            raise CompileError(name_errors)
+        cfg = load_config(prog, args.plan, storage=args.storage, trials=args.trials)
+        from .search.driver import run_search
+
+        result = run_search(prog, cfg, output=args.output, progress=not (args.quiet or args.json),
+                            device=args.device, threads=args.threads, verbose=not (args.quiet or args.json))
+    except CompileError as e:
+        _print_diagnostics(e.diagnostics, args.json)
+        return 1
+    if args.json:
+        print(json.dumps({"ok": True, "study": result.study, "storage": result.storage,
+                          "objectives": result.objectives, "complete": result.complete, "ran": result.ran,
+                          "counts": result.counts, "seconds": round(result.seconds, 3),
+                          "written": str(result.written) if result.written else None,
+                          ("front" if len(result.objectives) > 1 else "best"): result.best}, indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    from .search.candidates import fmt_metric
+
+    console = Console()
+    for note in cfg.notes:
+        console.print(f"note: {note}")
+    multi = len(result.objectives) > 1
+    title = (f"Pareto front of {result.study}: {len(result.best)} candidates" if multi
+             else f"best of {result.study}")
+    table = Table(title=title)
+    table.add_column("trial", justify="right")
+    names = [n for n, _ in result.objectives]
+    for n, d in result.objectives:
+        table.add_column(f"{n} ({d})", justify="right")
+    extra = [m for m in ("test_accuracy", "params", "flops") if m not in names]
+    for m in extra:
+        table.add_column(m.replace("_", " "), justify="right")
+    table.add_column("decisions")
+    for row in result.best:
+        metrics = row["metrics"]
+        cells = [str(row["trial"])] + [fmt_metric(n, row["values"][n]) for n in names]
+        cells += [fmt_metric("accuracy" if m == "test_accuracy" else m, metrics.get(m)) for m in extra]
+        cells.append(", ".join(f"{k}={v}" for k, v in row["arch"].items()))
+        table.add_row(*cells)
+    console.print(table)
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(result.counts.items()))
+    console.print(f"{result.complete} complete trials in study {result.study} ({counts}); "
+                  f"this worker ran {result.ran} in {result.seconds:.1f}s")
+    if result.written:
+        console.print(f"wrote {result.written}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="archc", description="Compile .arch architecture specs.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -382,6 +453,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 listing the files that would change")
     p.add_argument("--diff", action="store_true", help="change nothing; print a unified diff of the changes")
     p.set_defaults(fn=cmd_fmt)
+
+    p = sub.add_parser("search", help="run a search plan (resumes, and shares its study with other workers)")
+    p.add_argument("file", help="an .arch file")
+    p.add_argument("--plan", required=True, help="the `search` plan to run")
+    p.add_argument("--trials", type=int, metavar="N", help="complete trials the study should hold (overrides the plan)")
+    p.add_argument("--storage", metavar="URL", help="an Optuna storage URL (overrides the plan; default: "
+                   "a SQLite file next to the spec)")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write the best candidate (default: "
+                   "SPEC_DIR/STEM.PLAN.best.arch)")
+    p.add_argument("--device", default="auto", help="where candidates train: auto, cpu, cuda, cuda:1...")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads for this worker")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-trial lines")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(fn=cmd_search)
 
     args = ap.parse_args(argv)
     try:

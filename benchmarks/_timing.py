@@ -11,6 +11,7 @@ asserts a time: the scripts print figures.
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,7 +29,12 @@ class Samples:
     """The timings, in seconds, of one contestant."""
 
     name: str
-    times: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # wall seconds
+    cpu: list[float] = field(default_factory=list)  # CPU seconds: this process's and its children's
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu)
 
     @property
     def median(self) -> float:
@@ -47,6 +53,17 @@ def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 
 
+def cpu_now() -> float:
+    """CPU seconds (user + system) used so far by this process and its waited-for children.
+
+    Less sensitive than wall time to other processes taking the cores, though
+    not immune (shared caches, and threads that spin while they wait count too).
+    """
+    me = time.process_time()
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me + ch.ru_utime + ch.ru_stime
+
+
 def timed(fn: Callable[[], object]) -> float:
     """Wall time of one call, in seconds."""
     t0 = time.perf_counter()
@@ -60,19 +77,22 @@ def interleave(contestants: dict[str, Callable[[], object]], repeats: int,
 
     `warmup` untimed rounds come first (same interleaving). Each callable either
     returns None (its wall time is measured here) or a float, taken as its own
-    measured time in seconds (for contestants that time a part of what they do,
-    or a child process).
+    measured wall time in seconds (for contestants that time a part of what they
+    do, or a child process). CPU time (this process and finished children) is
+    recorded beside the wall time in `Samples.cpu`.
     """
     names = list(contestants)
     out = {n: Samples(n) for n in names}
     for r in range(warmup + repeats):
         order = names if r % 2 == 0 else names[::-1]
         for n in order:
-            t0 = time.perf_counter()
+            c0, t0 = cpu_now(), time.perf_counter()
             got = contestants[n]()
             t = got if isinstance(got, float) else time.perf_counter() - t0
+            c = cpu_now() - c0
             if r >= warmup:
                 out[n].times.append(t)
+                out[n].cpu.append(c)
     return out
 
 
@@ -128,8 +148,10 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def samples_table(samples: Sequence[Samples]) -> str:
-    return table(["", "median", "min", "max", "runs"],
-                 [[s.name, fmt_s(s.median), fmt_s(s.min), fmt_s(s.max), len(s.times)] for s in samples])
+    """Wall-time median, min, max, and the CPU-time median, of each contestant."""
+    return table(["", "median", "min", "max", "CPU median", "runs"],
+                 [[s.name, fmt_s(s.median), fmt_s(s.min), fmt_s(s.max), fmt_s(s.cpu_median), len(s.times)]
+                  for s in samples])
 
 
 def machine_line() -> str:

@@ -70,6 +70,13 @@ CODES: dict[str, str] = {
     "E0502": "invalid directive argument",
     "E0503": "selector matches nothing",
     "E0504": "unknown device",
+    # search plans (archc/search)
+    "E0520": "not a search space",
+    "E0521": "unknown objective or metric",
+    "E0522": "invalid constraint",
+    "E0523": "storage cannot be opened",
+    "E0524": "search setting not supported",
+    "E0525": "data cannot be loaded",
     # limits and command line
     "E0401": "too large",
     "E0402": "recursion too deep",

@@ -562,8 +562,11 @@ class Elaborator:
                 raise self.err("E0206", f"a choice label must be a string, got {kind_of(label)}", k.value.span, scope)
         if len(e.args) < 1:
             raise self.err("E0204", "`choice` needs at least one candidate", e.span, scope)
-        if label is None:  # an unlabelled choice is named by where it is
-            label = scope.path(scope.fresh("choice"))
+        if label is None:  # an unlabelled choice is named by where it is written in its block
+            idx = self._choice_numbers().get(id(e), 0)
+            seen = scope.fresh(f"choice#{idx}")  # the same choice met again in a loop: _1, _2...
+            nth = int(seen.rsplit("_", 1)[1])
+            label = scope.path(f"choice_{idx}" + (f"_{nth}" if nth else ""))
         cands = [_source_of(a) for a in e.args]
         if self.relax is not None:
             values = [self.eval(a, scope) for a in e.args]
@@ -723,6 +726,19 @@ class Elaborator:
     def _mixed(self, alpha: Value, row: int, outs: list, scope: Scope, span) -> Value:
         relax = "gumbel" if self.relax == "gdas" else "softmax"
         return self._apply_op(REGISTRY["mixed"], {"row": row, "relax": relax}, [alpha] + list(outs), span, scope)
+
+    def _choice_numbers(self) -> dict[int, int]:
+        """Each `choice(...)` call's number within its declaration, in written order, so
+        that an unlabelled choice's label does not depend on other decisions."""
+        if not hasattr(self, "_choice_no"):
+            from .resolve import _find
+
+            self._choice_no = {}
+            for decl in list(self.prog.blocks.values()) + list(self.prog.lets.values()):
+                calls = [c for c in _find(decl, A.Call) if isinstance(c.func, A.Name) and c.func.id == "choice"]
+                calls.sort(key=lambda c: (c.span.line, c.span.column) if c.span else (0, 0))
+                self._choice_no.update({id(c): i for i, c in enumerate(calls)})
+        return self._choice_no
 
     def _decide(self, d: Decision, scope) -> int:
         dec = self.decider

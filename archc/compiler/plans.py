@@ -97,6 +97,122 @@ class Device(Directive):
     name: str
 
 
+
+# -- search plans (read by archc.search) --------------------------------------------
+
+SEARCH_STRATEGIES = ("random", "grid", "evolution", "tpe", "nsga2", "rl", "darts")
+
+
+def _at_least_one(cls, v):
+    if v is not None and v < 1:
+        raise ValueError("must be at least 1")
+    return v
+
+
+@directive("strategy", "search")
+class Strategy(Directive):
+    """`strategy("tpe", trials=30)`: how candidates are proposed, and how many complete
+    trials the study holds when done (all workers and resumed runs together).
+
+    `population` (evolution, nsga2), `sample` (evolution's tournament size),
+    `startup` (tpe: random trials first) and `lr` (rl: the controller's step)."""
+
+    name: Literal["random", "grid", "evolution", "tpe", "nsga2", "rl", "darts"]
+    trials: int | None = None  # default 20; `grid`: the whole space
+    population: int | None = None
+    sample: int | None = None
+    startup: int | None = None
+    lr: float | None = None
+
+    _positive = field_validator("trials", "population", "sample", "startup")(classmethod(_at_least_one))
+
+    @field_validator("lr")
+    @classmethod
+    def _lr_positive(cls, v):
+        if v is not None and v <= 0:
+            raise ValueError("must be positive")
+        return v
+
+
+@directive("objective", "search")
+class Objective(Directive):
+    """`objective("accuracy", "max")`: a metric to optimize (accuracy, params, flops, memory,
+    latency); the direction defaults to max for accuracy and min for the rest."""
+
+    name: str
+    direction: Literal["min", "max", "minimize", "maximize"] | None = None
+
+
+@directive("constraint", "search")
+class Constraint(Directive):
+    """`constraint("params < 1M")`: candidates that break it are rejected before training."""
+
+    expr: str
+
+
+@directive("data", "search")
+class Data(Directive):
+    """`data("digits")` or `data("module:function", ...)`: the data candidates train on.
+    `val`, `test`: fractions held out when archc splits the data; `seed` fixes the split;
+    other arguments go to the user's function."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 0
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+@directive("storage", "search")
+class Storage(Directive):
+    """`storage("sqlite:///search.db")`: any Optuna storage URL (PostgreSQL to share a study)."""
+
+    url: str
+
+
+@directive("budget", "search")
+class Budget(Directive):
+    """`budget(epochs=2, batch=64)`: how long each candidate trains (epochs and/or optimizer
+    steps, whichever ends first), its batch size, and early stopping's patience."""
+
+    epochs: int | None = None
+    steps: int | None = None
+    batch: int = 64
+    patience: int | None = None
+
+    _positive = field_validator("epochs", "steps", "batch", "patience")(classmethod(_at_least_one))
+
+
+@directive("seed", "search")
+class Seed(Directive):
+    """`seed(0)`: seeds the strategy and every candidate's training."""
+
+    value: int
+
+
+@directive("pruner", "search")
+class Pruner(Directive):
+    """`pruner("median", warmup=1)`: stop candidates whose intermediate validation accuracy
+    is poor. `warmup`: evaluations before a trial may be pruned; `startup`: trials that
+    complete before pruning starts; `percentile` for the percentile pruner."""
+
+    name: Literal["none", "median", "percentile", "halving", "hyperband"]
+    warmup: int = 0
+    startup: int = 5
+    percentile: float = 25.0
+
+    @field_validator("warmup", "startup")
+    @classmethod
+    def _non_negative(cls, v):
+        if v < 0:
+            raise ValueError("must not be negative")
+        return v
+
+
 @dataclass
 class PlanDirective:
     name: str

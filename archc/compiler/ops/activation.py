@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from ..ir import TensorType
-from .base import Attrs, Code, Op, register
+from .base import Attrs, Code, Footprint, Op, Saved, register
 from .shape import norm_dim
 
 
@@ -26,6 +26,11 @@ class Activation(Op):
     def lower(self, a, ins, outs):
         return Code(self.template.format("{0}", a=a))
 
+    def saved(self, a, ins, outs, ctx):
+        """gelu, silu, leaky_relu differentiate at their input; relu, sigmoid, tanh and
+        softmax at their output (they override this)."""
+        return [Saved.input(0)] if ctx.any_grad else []
+
 
 @register
 class Relu(Activation):
@@ -34,6 +39,12 @@ class Relu(Activation):
     # The code generator may use this when the input is dead after the op.
     inplace_template: ClassVar[str] = "F.relu({0}, inplace=True)"
     doc = "max(x, 0)."
+
+    def saved(self, a, ins, outs, ctx):
+        return [Saved.output(0)] if ctx.any_grad else []
+
+    def footprint(self, a, ins, outs, ctx):
+        return Footprint(views={0: 0}) if ctx.inplace else Footprint()
 
 
 class GeluAttrs(Attrs):
@@ -63,12 +74,18 @@ class Sigmoid(Activation):
     template = "torch.sigmoid({0})"
     doc = "1 / (1 + exp(-x))."
 
+    def saved(self, a, ins, outs, ctx):
+        return [Saved.output(0)] if ctx.any_grad else []
+
 
 @register
 class Tanh(Activation):
     name = "tanh"
     template = "torch.tanh({0})"
     doc = "Hyperbolic tangent."
+
+    def saved(self, a, ins, outs, ctx):
+        return [Saved.output(0)] if ctx.any_grad else []
 
 
 class LeakyReluAttrs(Attrs):
@@ -98,3 +115,6 @@ class Softmax(Activation):
     def infer(self, a, ins):
         norm_dim(a.dim, ins[0], "softmax")
         return [ins[0]]
+
+    def saved(self, a, ins, outs, ctx):
+        return [Saved.output(0)] if ctx.any_grad else []

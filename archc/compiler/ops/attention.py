@@ -16,7 +16,8 @@ from typing import Literal
 
 from ..dims import Dim
 from ..ir import TensorType
-from .base import Attrs, Code, Module, Op, ShapeError, expect_rank, register, static_int
+from .base import (Attrs, Code, Footprint, Module, Op, Saved, ShapeError, dtype_bytes, expect_rank, register,
+                   static_int)
 
 BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
          "int8": 1, "uint8": 1, "bool": 1}
@@ -120,6 +121,18 @@ class Attention(Op):
         if a.causal:
             args.append("cache={cache}, key={key}")
         return Code(f"rt.attention({{0}}, {{1}}, {{2}}, {', '.join(args)})")
+
+    def saved(self, a, ins, outs, ctx):
+        q, k, _ = ins
+        d, dk = self._widths(a, ins)
+        refs = [Saved.input(0, "q"), Saved.input(1, "k"), Saved.input(2, "v")]
+        return _sdpa(ctx, a, q.shape[0], q.shape[1], k.shape[1], d, dk, q.dtype, refs)[0] if ctx.any_grad else []
+
+    def footprint(self, a, ins, outs, ctx):
+        q, k, _ = ins
+        d, dk = self._widths(a, ins)
+        _, fwd, bwd, out_view = _sdpa(ctx, a, q.shape[0], q.shape[1], k.shape[1], d, dk, q.dtype, [])
+        return Footprint(fwd_peak=fwd, bwd_peak=bwd)
 
 
 class MhaAttrs(Attrs):
@@ -242,3 +255,99 @@ class MultiHeadAttention(Op):
         else:
             call = "{m}({0})"
         return Module("rt.MultiHeadAttention", (d, a.heads), kw, call=call)
+
+    def _memory(self, a, ins, ctx):
+        """(saved, fwd_peak, bwd_peak): the projections, the attention core, the output projection."""
+        x = ins[0]
+        src = ins[1] if len(ins) > 1 else x
+        d, dk = self._check(a, ins)
+        b, t, s = x.shape[0], x.shape[1], src.shape[1]
+        dsz = dtype_bytes(x.dtype)
+        out = a.out_name or _DEFAULT_OUT[a.layout]
+        q_b, kv_b = b * t * d * dsz, b * s * dk * dsz
+        grad = ctx.any_grad
+        saved: list = []
+        if grad:
+            saved.append(Saved.input(0, "input of the projections"))
+            if len(ins) > 1:
+                saved.append(Saved.input(1, "input of the key/value projections"))
+            names = {"separate": ["q_proj.weight", "k_proj.weight", "v_proj.weight"], "fused": ["qkv.weight"],
+                     "torch": ["in_proj_weight"]}[a.layout]
+            saved += [Saved.param(n) for n in names] + [Saved.param(f"{out}.weight")]
+        fused_proj = a.layout != "separate" and len(ins) == 1
+        if a.rope is not None:  # q and k rotated: new tensors; cos and sin kept
+            hd = d // a.heads
+            proj = [Saved.new(q_b, "rotated q"), Saved.new(kv_b, "rotated k"),
+                    Saved.new(kv_b, "v (projection)"), Saved.new(2 * 2 * t * hd * dsz, "rope cos and sin")]
+            rope_tmp = 2 * q_b
+        elif fused_proj:
+            proj = [Saved.new(q_b + 2 * kv_b, "q, k, v (one fused projection)")]
+            rope_tmp = 0
+        else:
+            proj = [Saved.new(q_b, "q (projection)"), Saved.new(kv_b, "k (projection)"),
+                    Saved.new(kv_b, "v (projection)")]
+            rope_tmp = 0
+        core, fwd, bwd, out_view = _sdpa(ctx, a, b, t, s, d, dk, x.dtype, [])
+        core = [Saved.new(q_b, "attention output (input of the output projection)") if c.kind == "output" else c
+                for c in core]
+        kernel = ctx.device.attention_kernel(a.dropout, ctx.training) if ctx.device is not None else "fused"
+        if kernel == "fused":
+            saved_core = proj[:3] + proj[3:] + core  # the core keeps q, k, v themselves
+        else:
+            saved_core = proj[3:] + core  # the math path keeps scaled copies instead
+            fwd += sum(p.bytes for p in proj[:3])
+        if out_view:
+            att_out = []  # the core's output (kept by the core) is the output projection's input
+        else:
+            att_out = [Saved.new(q_b, "merged heads (input of the output projection)")]
+        if not grad:
+            fwd += sum(p.bytes for p in saved_core + att_out)
+            return [], fwd + rope_tmp, 0
+        return saved + saved_core + att_out, fwd + rope_tmp, bwd + q_b + 2 * kv_b
+
+    def saved(self, a, ins, outs, ctx):
+        return self._memory(a, ins, ctx)[0]
+
+    def footprint(self, a, ins, outs, ctx):
+        _, fwd, bwd = self._memory(a, ins, ctx)
+        return Footprint(fwd_peak=fwd, bwd_peak=bwd)
+
+
+def _sdpa(ctx, a, b, t, s, d, dk, dtype, refs):
+    """Memory of scaled_dot_product_attention over q [b, t, d] and k, v [b, s, dk] split into
+    heads: (saved, fwd_peak, bwd_peak, output_is_saved_view).
+
+    A fused kernel (flash / memory-efficient; the CPU flash kernel) keeps q, k and v
+    (`refs`, or repeated copies under grouped-query attention), its output and the
+    log-sum-exp (float32, one per head and query). The composite (math) path, which
+    SDPA takes on the CPU when dropout is active or when forced, keeps sqrt(scale)-scaled
+    copies of q and k, the probabilities, the dropout mask and the dropped probabilities,
+    and a contiguous copy of v; it computes half inputs in float32 on the CPU."""
+    h = a.heads
+    kernel = ctx.device.attention_kernel(a.dropout, ctx.training) if ctx.device is not None else "fused"
+    dsz = dtype_bytes(dtype)
+    grouped = dk != d
+    if kernel == "fused":
+        qkv = list(refs) if not grouped else refs[:1] + [
+            Saved.new(b * s * d * dsz, "k repeated over the query heads"),
+            Saved.new(b * s * d * dsz, "v repeated over the query heads")]
+        saved = qkv + [Saved.output(0, "attention output"), Saved.new(b * h * t * 4, "log-sum-exp (float32)")]
+        bwd = 2 * b * s * d * dsz if grouped else 0
+        return saved, 0, bwd, True
+    up = 4 if ctx.device is not None and ctx.device.attention_upcast and dsz < 4 else dsz
+    probs = b * h * t * s * up
+    saved = [Saved.new(b * t * d * up, "q scaled by sqrt(scale)"), Saved.new(b * s * d * up, "k scaled by sqrt(scale)"),
+             Saved.new(probs, "attention probabilities")]
+    if a.dropout > 0 and ctx.training:
+        mask = b * h * t * s * (ctx.device.dropout_mask_bytes if ctx.device and ctx.device.dropout_mask_bytes else up)
+        saved += [Saved.new(mask, "dropout mask over the probabilities"), Saved.new(probs, "dropped probabilities")]
+    saved.append(Saved.new(b * s * d * up, "contiguous copy of v"))
+    causal = 3 * t * s if a.causal else 0  # the boolean mask and its additive form
+    fwd = max(probs + causal, b * t * d * up + (b * t * d * dsz if up != dsz else 0))
+    if up != dsz:
+        fwd += (b * t * d + 2 * b * s * dk) * up  # float32 copies of q, k, v
+    if not ctx.any_grad:
+        fwd += sum(x.bytes for x in saved)
+        return [], fwd, 0, False
+    bwd = 2 * probs + b * t * d * up + 2 * b * s * d * up
+    return saved, fwd, bwd, False

@@ -124,6 +124,179 @@ class Op:
     def has_weights(self, a: Attrs, ins: list[TensorType]) -> bool:
         return bool(self.params(a, ins) or self.buffers(a, ins))
 
+    # -- memory (passes/estimate_memory.py) ---------------------------------------------
+    def saved(self, a: Attrs, ins: list[TensorType], outs: list[TensorType], ctx: "MemoryContext") -> list["Saved"]:
+        """The tensors the op keeps for its backward pass, given where it runs and which of
+        its inputs need gradients (`ctx`): references to an input, an output, one of its
+        parameters, or a new tensor of so many bytes. Nothing when no gradient is needed.
+
+        The default (for ops registered from Python that do not say) keeps every input."""
+        return [Saved.input(i) for i in range(len(ins))] if ctx.any_grad else []
+
+    def footprint(self, a: Attrs, ins: list[TensorType], outs: list[TensorType], ctx: "MemoryContext") -> "Footprint":
+        """How the op allocates beyond what it saves: outputs that are views of an input,
+        transient workspace in its forward and backward passes, gradients it passes through."""
+        return Footprint()
+
+
+# -- memory: what an op keeps for backward and what it allocates -------------------------
+
+DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
+               "int8": 1, "uint8": 1, "bool": 1}
+
+
+def dtype_bytes(dtype: str) -> int:
+    return DTYPE_BYTES.get(dtype, 4)
+
+
+def is_float(dtype: str) -> bool:
+    return dtype in ("float64", "float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Saved:
+    """One tensor an op keeps for its backward pass.
+
+    kind "input" / "output": the op's input or output `index` (or a view of it: the
+    storage is what counts); "param": its parameter or buffer `name` (under autocast,
+    the low-precision copy autocast made of a parameter); "new": a tensor the op
+    creates and keeps, of `bytes` bytes (a dropout mask, pooling indices, statistics).
+    """
+
+    kind: str
+    index: int = 0
+    bytes: Dim = 0
+    name: str = ""
+    what: str = ""
+
+    @classmethod
+    def input(cls, i: int = 0, what: str = "") -> "Saved":
+        return cls("input", i, what=what)
+
+    @classmethod
+    def output(cls, j: int = 0, what: str = "") -> "Saved":
+        return cls("output", j, what=what)
+
+    @classmethod
+    def param(cls, name: str, what: str = "") -> "Saved":
+        return cls("param", name=name, what=what)
+
+    @classmethod
+    def new(cls, nbytes: Dim, what: str = "") -> "Saved":
+        return cls("new", bytes=nbytes, what=what)
+
+
+@dataclass
+class Footprint:
+    """How an op uses memory beyond the tensors it saves.
+
+    `views`: output j shares the storage of input i (a view, or an in-place result).
+    `fwd_peak` / `bwd_peak`: transient bytes the forward / backward pass holds at its
+    high-water mark beyond what it leaves allocated (outputs and new saved tensors;
+    input gradients and parameter gradients). `grad_views`: input i's gradient shares
+    the storage of output j's gradient (the op passes it through or slices it).
+    `differentiable=False`: the outputs never need gradients (zeros_like).
+    `strides`: the strides of outputs that are not contiguous (views of transposes).
+    """
+
+    views: dict[int, int] = field(default_factory=dict)
+    fwd_peak: Dim = 0
+    bwd_peak: Dim = 0
+    grad_views: dict[int, int] = field(default_factory=dict)
+    differentiable: bool = True
+    strides: dict[int, tuple] = field(default_factory=dict)
+
+
+@dataclass
+class MemoryContext:
+    """What `Op.saved` and `Op.footprint` may depend on.
+
+    `device`: the rules where the op runs (archc.compiler.devices.Device); `ins` and
+    `outs` carry the dtypes the op sees (after autocast); `requires_grad[i]`: input i
+    needs a gradient; `weights_grad`: the op's own parameters do; `strides[i]`: input
+    i's strides (in elements); `inplace`: the generated code runs the op in place.
+    """
+
+    device: Any
+    ins: list[TensorType]
+    outs: list[TensorType]
+    requires_grad: list[bool]
+    weights_grad: bool = False
+    training: bool = True
+    strides: list[tuple] = field(default_factory=list)
+    inplace: bool = False
+    params: dict = field(default_factory=dict)  # name -> (shape, dtype) of the op's parameters
+
+    @property
+    def any_grad(self) -> bool:
+        return any(self.requires_grad) or self.weights_grad
+
+    def nbytes(self, t: TensorType, dtype: str | None = None) -> Dim:
+        return t.numel() * dtype_bytes(dtype or t.dtype)
+
+    def in_bytes(self, i: int = 0) -> Dim:
+        return self.nbytes(self.ins[i])
+
+    def out_bytes(self, j: int = 0) -> Dim:
+        return self.nbytes(self.outs[j])
+
+    def param_bytes(self, name: str) -> Dim:
+        shape, dtype = self.params[name]
+        n = 1
+        for d in shape:
+            n = n * d
+        return n * dtype_bytes(dtype)
+
+    def mask_bytes(self, t: TensorType) -> Dim:
+        """A dropout mask over `t`: 1 byte per element on CUDA (bool), t's dtype on the CPU."""
+        per = self.device.dropout_mask_bytes if self.device is not None else None
+        return t.numel() * (per if per else dtype_bytes(t.dtype))
+
+    def contiguous(self, i: int = 0) -> bool:
+        if i >= len(self.strides):
+            return True
+        return tuple(self.strides[i]) == contiguous_strides(self.ins[i].shape)
+
+
+def contiguous_strides(shape) -> tuple:
+    out, acc = [], 1
+    for d in reversed(tuple(shape)):
+        out.append(acc)
+        acc = acc * d
+    return tuple(reversed(out))
+
+
+def view_strides(shape, strides, new_shape) -> tuple | None:
+    """Strides of `t.view(new_shape)` for a tensor of `shape` and `strides`, or None when
+    the view is impossible and `reshape` must copy (PyTorch's computeStride)."""
+    shape, strides, new_shape = tuple(shape), tuple(strides), tuple(new_shape)
+    if not shape:
+        return contiguous_strides(new_shape)
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel == 0:
+        return contiguous_strides(new_shape)
+    out = [0] * len(new_shape)
+    view_d = len(new_shape) - 1
+    chunk_base_stride = strides[-1]
+    tensor_numel, view_numel = 1, 1
+    for tensor_d in range(len(shape) - 1, -1, -1):
+        tensor_numel *= shape[tensor_d]
+        if tensor_d == 0 or (shape[tensor_d - 1] != 1 and strides[tensor_d - 1] != tensor_numel * chunk_base_stride):
+            while view_d >= 0 and (view_numel < tensor_numel or new_shape[view_d] == 1):
+                out[view_d] = view_numel * chunk_base_stride
+                view_numel *= new_shape[view_d]
+                view_d -= 1
+            if view_numel != tensor_numel:
+                return None
+            if tensor_d > 0:
+                chunk_base_stride = strides[tensor_d - 1]
+                tensor_numel, view_numel = 1, 1
+    if view_d != -1:
+        return None
+    return tuple(out)
+
 
 REGISTRY: dict[str, Op] = {}
 

@@ -5,7 +5,7 @@ from typing import Literal
 
 from ..dims import Dim, numel
 from ..ir import TensorType
-from .base import Attrs, Module, Op, ShapeError, expect_rank, register, static_int
+from .base import Attrs, Footprint, Module, Op, Saved, ShapeError, expect_rank, register, static_int
 
 IntOrList = int | tuple[int, ...]
 
@@ -104,6 +104,17 @@ class Conv(Op):
                                               ("groups", 1), ("bias", True)) if getattr(a, k) != d}
         return Module(f"nn.Conv{n}d", (cin, a.out, a.kernel), kw)
 
+    def saved(self, a, ins, outs, ctx):
+        # convolution_backward is one formula for all gradients: input and weight are
+        # kept whenever any of them is needed.
+        return [Saved.input(0), Saved.param("weight")] if ctx.any_grad else []
+
+    def footprint(self, a, ins, outs, ctx):
+        if ctx.device is None or ctx.device.conv != "onednn":
+            return Footprint()  # cuDNN: its workspace is not modelled (docs/memory.md)
+        _, cin, _, _, _ = self._geom(a, ins[0])
+        return _onednn(ctx, cin, a.out, a.groups)
+
 
 class ConvTransposeAttrs(Attrs):
     out: int
@@ -163,3 +174,40 @@ class ConvTranspose(Op):
                                               ("groups", 1), ("bias", True), ("dilation", 1))
               if getattr(a, k) != d}
         return Module(f"nn.ConvTranspose{n}d", (cin, a.out, a.kernel), kw)
+
+    def saved(self, a, ins, outs, ctx):
+        return [Saved.input(0), Saved.param("weight")] if ctx.any_grad else []
+
+    def footprint(self, a, ins, outs, ctx):
+        if ctx.device is None or ctx.device.conv != "onednn":
+            return Footprint()
+        # oneDNN's deconvolution: a column buffer the size of the output plus reorders.
+        i, o, w = ctx.in_bytes(0), ctx.out_bytes(0), ctx.param_bytes("weight")
+        return Footprint(fwd_peak=i + o + w, bwd_peak=i + o)
+
+
+def _onednn(ctx, cin: int, cout: int, groups: int) -> Footprint:
+    """PyTorch's CPU convolution (oneDNN), as measured: it reorders the plain NCHW input
+    and weight into channel-blocked layouts (input channels padded to the block unless
+    there are fewer than 8), computes a blocked output (output channels padded) and
+    copies it into the plain result; backward does the same for the input gradient
+    (weight and input padded) and then for the weight gradient."""
+    from ..devices import ONEDNN_CHANNEL_BLOCK as blk, ONEDNN_PLAIN_INPUT_BELOW as plain_below
+
+    def up(c):
+        return -(-c // blk) * blk
+
+    i, o, w = ctx.in_bytes(0), ctx.out_bytes(0), ctx.param_bytes("weight")
+    plain = cin < plain_below or groups > 1
+    ob = o * up(cout) // cout
+    ir = 0 if plain else i * up(cin) // cin
+    wb = w * up(cout) // cout * (1 if plain else up(cin)) // (1 if plain else cin)
+    fwd = max(ir + wb + ob, ob + o) - o
+    need_i, need_w = ctx.requires_grad[0], ctx.weights_grad
+    ib = i * up(cin) // cin
+    wbd = w * up(cout) // cout * up(cin) // cin
+    p1 = ob + wbd + ib if need_i else 0
+    held = i if need_i else 0
+    p2 = held + max(ob + ir + wb, wb + w) if need_w else 0
+    leaves = (i if need_i else 0) + (w if need_w else 0)
+    return Footprint(fwd_peak=fwd, bwd_peak=max(max(p1, p2) - leaves, 0))

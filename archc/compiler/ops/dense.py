@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..ir import TensorType
-from .base import Attrs, Module, Op, ShapeError, expect_rank, register, static_int
+from .base import Attrs, Footprint, Module, Op, Saved, ShapeError, expect_rank, register, static_int, view_strides
 
 
 class LinearAttrs(Attrs):
@@ -51,6 +51,27 @@ class Linear(Op):
         return Module(target, (static_int(ins[0].shape[-1], "linear's input width"), a.out),
                       {} if a.bias else {"bias": False}, ties={"weight": f"{a.tie}.weight"} if a.tie else {})
 
+    def _folds(self, ins, ctx) -> bool:
+        """Whether the input reaches the matrix product as a view (else as a contiguous copy)."""
+        x = ins[0]
+        if x.rank <= 2 or not ctx.strides:
+            return True
+        return view_strides(x.shape, ctx.strides[0], (-1, x.shape[-1])) is not None
+
+    def saved(self, a, ins, outs, ctx):
+        out = []
+        if ctx.weights_grad:  # the weight's gradient needs the input
+            out.append(Saved.input(0) if self._folds(ins, ctx) else
+                       Saved.new(ctx.in_bytes(0), "contiguous copy of the input"))
+        if ctx.requires_grad[0]:  # the input's gradient needs the weight
+            out.append(Saved.param("weight"))
+        return out
+
+    def footprint(self, a, ins, outs, ctx):
+        if self._folds(ins, ctx) or ctx.weights_grad:
+            return Footprint()
+        return Footprint(fwd_peak=ctx.in_bytes(0))  # the copy lives only during the product
+
 
 class EmbeddingAttrs(Attrs):
     num: int
@@ -77,6 +98,9 @@ class Embedding(Op):
 
     def params(self, a, ins):
         return {"weight": (a.num, a.dim)}
+
+    def saved(self, a, ins, outs, ctx):
+        return [Saved.input(0, "indices")] if ctx.weights_grad else []
 
     def lower(self, a, ins, outs):
         kw = {} if a.padding_idx is None else {"padding_idx": a.padding_idx}

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from ..dims import Dim
 from ..ir import TensorType
-from .base import Attrs, Code, Op, ShapeError, register
+from .base import Attrs, Code, Footprint, Op, Saved, ShapeError, register, view_strides
 
 
 def broadcast_dim(p: Dim, q: Dim) -> Dim | None:
@@ -51,6 +51,15 @@ class Binary(Op):
     def lower(self, a, ins, outs):
         return Code(f"{{0}} {self.symbol} {{1}}")
 
+    def saved(self, a, ins, outs, ctx):
+        return []  # + and - need nothing; * and / override
+
+    def footprint(self, a, ins, outs, ctx):
+        # `+` hands the incoming gradient itself to both inputs (when shapes and dtypes
+        # match); a broadcast input gets a new, reduced gradient.
+        same = [i for i, t in enumerate(ins) if t.shape == outs[0].shape and t.dtype == outs[0].dtype]
+        return Footprint(grad_views={i: 0 for i in same if i == 0 or self.name == "add"})
+
 
 @register
 class Add(Binary):
@@ -66,10 +75,28 @@ class Sub(Binary):
 class Mul(Binary):
     name, symbol, doc = "mul", "*", "a * b (element-wise), broadcasting."
 
+    def saved(self, a, ins, outs, ctx):
+        # d(a*b)/da needs b and d(a*b)/db needs a: each kept only if the other's gradient is needed
+        rg = ctx.requires_grad
+        return ([Saved.input(1)] if rg[0] else []) + ([Saved.input(0)] if rg[1] else [])
+
+    def footprint(self, a, ins, outs, ctx):
+        # a broadcast input's gradient is the full product, then reduced
+        full = ctx.out_bytes(0)
+        return Footprint(bwd_peak=full if any(t.shape != outs[0].shape for t in ins) else 0)
+
 
 @register
 class Div(Binary):
     name, symbol, doc = "div", "/", "a / b, broadcasting."
+
+    def saved(self, a, ins, outs, ctx):
+        # d/da = 1/b needs b; d/db = -a/b² needs a and b
+        rg = ctx.requires_grad
+        return ([Saved.input(1)] if rg[0] or rg[1] else []) + ([Saved.input(0)] if rg[1] else [])
+
+    def footprint(self, a, ins, outs, ctx):
+        return Footprint(bwd_peak=2 * ctx.out_bytes(0) if ctx.requires_grad[1] else 0)
 
 
 @register
@@ -97,6 +124,39 @@ class Matmul(Op):
     def lower(self, a, ins, outs):
         return Code("torch.matmul({0}, {1})")
 
+    def _operands(self, ins, ctx) -> list[bool]:
+        """Whether each operand reaches the (batched) product as a view of itself; one that
+        cannot be folded into [batch, rows, cols] without a copy is copied (and the copy kept)."""
+        out = []
+        for i, t in enumerate(ins):
+            if t.rank <= 2 or not ctx.strides:
+                out.append(True)
+                continue
+            other = ins[1 - i]
+            if i == 0 and other.rank <= 2:  # [..., n, k] @ [k, m]: folded to [-1, k]
+                out.append(view_strides(t.shape, ctx.strides[i], (-1, t.shape[-1])) is not None)
+            else:
+                batch = 1
+                for d in t.shape[:-2]:
+                    batch = batch * d
+                out.append(view_strides(t.shape, ctx.strides[i], (batch,) + t.shape[-2:]) is not None)
+        return out
+
+    def saved(self, a, ins, outs, ctx):
+        rg = ctx.requires_grad
+        views = self._operands(ins, ctx)
+
+        def keep(i):
+            return Saved.input(i) if views[i] else Saved.new(ctx.in_bytes(i), f"contiguous copy of operand {i}")
+        return ([keep(1)] if rg[0] else []) + ([keep(0)] if rg[1] else [])
+
+    def footprint(self, a, ins, outs, ctx):
+        rg = ctx.requires_grad
+        views = self._operands(ins, ctx)
+        # copies nobody keeps live only during the product
+        tmp = sum(ctx.in_bytes(i) for i in range(2) if not views[i] and not rg[1 - i])
+        return Footprint(fwd_peak=tmp)
+
 
 @register
 class Neg(Op):
@@ -111,6 +171,9 @@ class Neg(Op):
 
     def lower(self, a, ins, outs):
         return Code("-{0}")
+
+    def saved(self, a, ins, outs, ctx):
+        return []
 
 
 _SCALAR = {"add": "{0} + {v}", "sub": "{0} - {v}", "rsub": "{v} - {0}", "mul": "{0} * {v}",
@@ -133,6 +196,19 @@ class Scalar(Op):
 
     def flops(self, a, ins, outs):
         return ins[0].numel()
+
+    def saved(self, a, ins, outs, ctx):
+        if not ctx.any_grad:
+            return []
+        if a.op == "pow":
+            return [Saved.input(0)]
+        if a.op == "rdiv":  # v / x = v * reciprocal(x): the reciprocal is kept
+            return [Saved.new(ctx.in_bytes(0), "reciprocal")]
+        return []
+
+    def footprint(self, a, ins, outs, ctx):
+        # x + v and x - v pass the gradient through unchanged
+        return Footprint(grad_views={0: 0} if a.op in ("add", "sub") else {})
 
     def lower(self, a, ins, outs):
         v = repr(a.value)

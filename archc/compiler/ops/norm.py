@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..ir import TensorType
-from .base import Attrs, Module, Op, ShapeError, expect_rank, register, static_int
+from .base import Attrs, Footprint, Module, Op, Saved, ShapeError, expect_rank, register, static_int
 
 
 def _channels(x: TensorType, what: str) -> int:
@@ -55,6 +55,23 @@ class BatchNorm(Op):
         return Module(f"nn.BatchNorm{n}d", (_channels(ins[0], "bn"),),
                       _kw(a, {"eps": 1e-5, "momentum": 0.1, "affine": True}))
 
+    def saved(self, a, ins, outs, ctx):
+        if not ctx.any_grad:
+            return []
+        out = [Saved.input(0), Saved.param("running_mean"), Saved.param("running_var")]
+        if a.affine:
+            out.append(Saved.param("weight"))
+        if ctx.training:  # the batch's mean and inverse std, float32 [C] each
+            out.append(Saved.new(2 * _channels(ins[0], "bn") * 4, "batch mean and inverse std"))
+        return out
+
+    def footprint(self, a, ins, outs, ctx):
+        c = _channels(ins[0], "bn")
+        if ctx.device is not None and ctx.device.kind == "cpu":
+            # the CPU kernel's backward holds one input-sized temporary
+            return Footprint(fwd_peak=2 * c * 4, bwd_peak=ctx.in_bytes(0))
+        return Footprint()
+
 
 class LayerNormAttrs(Attrs):
     eps: float = 1e-5
@@ -88,6 +105,18 @@ class LayerNorm(Op):
             kw["bias"] = False
         return Module("nn.LayerNorm", (_width(ins[0], "layernorm"),), kw)
 
+    def saved(self, a, ins, outs, ctx):
+        if not ctx.any_grad:
+            return []
+        rows = ins[0].numel() // _width(ins[0], "layernorm")
+        out = [Saved.input(0)]
+        if a.affine:
+            out.append(Saved.param("weight"))
+            if a.bias:
+                out.append(Saved.param("bias"))
+        out.append(Saved.new(2 * rows * 4, "mean and rstd (float32)"))
+        return out
+
 
 class RMSNormAttrs(Attrs):
     eps: float = 1e-6
@@ -112,6 +141,25 @@ class RMSNorm(Op):
 
     def lower(self, a, ins, outs):
         return Module("nn.RMSNorm", (_width(ins[0], "rmsnorm"),), {"eps": a.eps})
+
+    def saved(self, a, ins, outs, ctx):
+        if not ctx.any_grad:
+            return []
+        x = ins[0]
+        rows = x.numel() // _width(x, "rmsnorm")
+        if ctx.device is not None and ctx.device.kind == "cuda":  # the fused CUDA kernel
+            return [Saved.input(0), Saved.new(rows * 4, "rstd"), Saved.param("weight")]
+        # the composite CPU path: x (upcast to float32), rsqrt(mean(x^2) + eps), the
+        # normalized x (kept for the weight's gradient) and the weight
+        half = x.dtype in ("float16", "bfloat16")
+        src = Saved.new(x.numel() * 4, "float32 copy of the input") if half else Saved.input(0)
+        return [src, Saved.new(rows * 4, "rsqrt"), Saved.new(ctx.in_bytes(0), "normalized input"),
+                Saved.param("weight")]
+
+    def footprint(self, a, ins, outs, ctx):
+        if ctx.device is not None and ctx.device.kind == "cpu":
+            return Footprint(bwd_peak=2 * ctx.in_bytes(0))  # the composite's intermediate gradients
+        return Footprint()
 
 
 class GroupNormAttrs(Attrs):
@@ -148,3 +196,9 @@ class GroupNorm(Op):
     def lower(self, a, ins, outs):
         return Module("nn.GroupNorm", (a.groups, _channels(ins[0], "groupnorm")),
                       _kw(a, {"eps": 1e-5, "affine": True}))
+
+    def saved(self, a, ins, outs, ctx):
+        if not ctx.any_grad:
+            return []
+        out = [Saved.input(0)] + ([Saved.param("weight")] if a.affine else [])
+        return out + [Saved.new(2 * ins[0].shape[0] * a.groups * 4, "mean and rstd (float32)")]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..dims import Dim, NotStatic, numel
 from ..ir import TensorType
-from .base import Attrs, Code, Op, ShapeError, register
+from .base import Attrs, Code, Op, Saved, ShapeError, register
 from .conv import IntOrList, check_out, per_axis, spatial
 
 
@@ -60,6 +60,13 @@ class WindowPool(Op):
 
     def flops(self, a, ins, outs):
         return outs[0].numel() * numel(self._geom(a, ins[0])[1])
+
+    def saved(self, a, ins, outs, ctx):
+        if not ctx.any_grad:
+            return []
+        if self.name == "max_pool":  # the input and the argmax indices (int64)
+            return [Saved.input(0), Saved.new(outs[0].numel() * 8, "argmax indices (int64)")]
+        return [Saved.input(0)]  # avg_pool keeps its input (for its size and layout)
 
 
 class MaxPoolAttrs(Attrs):
@@ -131,6 +138,15 @@ class AdaptivePool(Op):
     def lower(self, a, ins, outs):
         return Code(f"F.adaptive_{self.kind}_pool{spatial(ins[0], self.name)}d({{0}}, {a.size!r})")
 
+    def saved(self, a, ins, outs, ctx):
+        if not ctx.any_grad:
+            return []
+        if self.kind == "max":
+            return [Saved.input(0), Saved.new(outs[0].numel() * 8, "argmax indices (int64)")]
+        if all(d == 1 for d in outs[0].shape[2:]):
+            return []  # pooling to 1 is a mean, which keeps nothing
+        return [Saved.input(0)]
+
 
 @register
 class AdaptiveAvgPool(AdaptivePool):
@@ -161,3 +177,6 @@ class GlobalAvgPool(Op):
 
     def lower(self, a, ins, outs):
         return Code(f"F.adaptive_avg_pool{spatial(ins[0], self.name)}d({{0}}, 1)")
+
+    def saved(self, a, ins, outs, ctx):
+        return []  # adaptive pooling to 1 runs as a mean, which keeps nothing

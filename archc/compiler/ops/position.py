@@ -13,7 +13,7 @@ from typing import Literal
 
 from ..dims import Dim
 from ..ir import TensorType
-from .base import Attrs, Code, Module, Op, Param, ShapeError, expect_rank, register, static_int
+from .base import Attrs, Code, Footprint, Module, Op, Param, Saved, ShapeError, expect_rank, register, static_int
 
 
 def _seq(x: TensorType, what: str) -> int:
@@ -66,6 +66,12 @@ class LearnedPE(Op):
         call = "({0} + {m})" if t == a.max_len else "({0} + {m}[:, :{0}.shape[1]])"
         return Param((1, a.max_len, d), call=call, init="zeros")
 
+    def saved(self, a, ins, outs, ctx):
+        return []  # x + table[positions]: an addition keeps nothing
+
+    def footprint(self, a, ins, outs, ctx):
+        return Footprint(grad_views={0: 0})
+
 
 class SinusoidalPEAttrs(Attrs):
     max_len: int
@@ -90,6 +96,14 @@ class SinusoidalPE(Op):
 
     def lower(self, a, ins, outs):
         return Code(f"rt.sinusoidal_pe({{0}}, {a.max_len}, cache={{cache}}, key={{key}})")
+
+    def saved(self, a, ins, outs, ctx):
+        return []
+
+    def footprint(self, a, ins, outs, ctx):
+        x = ins[0]
+        table = x.shape[1] * x.shape[2] * 4  # built in float32 each call, then cast
+        return Footprint(fwd_peak=3 * table, grad_views={0: 0})
 
 
 class RopeAttrs(Attrs):
@@ -128,6 +142,22 @@ class Rope(Op):
     def flops(self, a, ins, outs):
         return 3 * ins[0].numel()
 
+    def saved(self, a, ins, outs, ctx):
+        if not ctx.any_grad:
+            return []
+        x = ins[0]
+        hd = x.shape[-1] if x.rank == 4 else x.shape[-1] // (a.heads or 1)
+        t = x.shape[-2] if x.rank == 4 else x.shape[1]
+        # x * cos + rotate_half(x) * sin keeps cos and sin
+        return [Saved.new(2 * t * hd * ctx.nbytes(x) // x.numel(), "cos and sin")]
+
+    def footprint(self, a, ins, outs, ctx):
+        n = ctx.in_bytes(0)
+        # x*cos, rotate_half (a negated half and a concatenation), *sin; [B, T, D] inputs are
+        # rotated per head and merged back with a copy
+        extra = n if ins[0].rank == 3 else 0
+        return Footprint(fwd_peak=n * 5 // 2 + extra, bwd_peak=2 * n)
+
     def lower(self, a, ins, outs):
         heads = f", heads={a.heads}" if a.heads and ins[0].rank == 3 else ""
         return Code(f"rt.rope({{0}}, {a.base!r}{heads}, cache={{cache}}, key={{key}})")
@@ -150,3 +180,9 @@ class ClsToken(Op):
     def lower(self, a, ins, outs):
         return Param((1, 1, _seq(ins[0], "cls_token")),
                      call="torch.cat([{m}.expand({0}.shape[0], -1, -1), {0}], dim=1)", init="zeros")
+
+    def saved(self, a, ins, outs, ctx):
+        return []
+
+    def footprint(self, a, ins, outs, ctx):
+        return Footprint(grad_views={0: 0})  # x's gradient is a slice of the output's

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from ..ir import TensorType
-from .base import Attrs, Code, Op, Param, ShapeError, register
+from .base import Attrs, Code, Footprint, Op, Param, Saved, ShapeError, register
 
 
 class ArchParamAttrs(Attrs):
@@ -34,6 +34,12 @@ class ArchParam(Op):
 
     def lower(self, a, ins, outs):
         return Param((a.rows, a.cols), init="randn", scale=1e-3)
+
+    def saved(self, a, ins, outs, ctx):
+        return []
+
+    def footprint(self, a, ins, outs, ctx):
+        return Footprint(views={0: 0})  # the parameter itself
 
 
 class MixedAttrs(Attrs):
@@ -66,3 +72,13 @@ class Mixed(Op):
     def lower(self, a, ins, outs):
         cands = ", ".join(f"{{{i}}}" for i in range(1, len(ins)))
         return Code(f"rt.mixed({{0}}[{a.row}], [{cands}], {a.relax!r}, self.training)")
+
+    def saved(self, a, ins, outs, ctx):
+        if not ctx.any_grad:
+            return []
+        # w_k * c_k keeps c_k (for w's gradient) and the weights (for c_k's)
+        n = len(ins) - 1
+        return [Saved.input(i) for i in range(1, len(ins))] + [Saved.new(n * 4 * 2, "mixing weights")]
+
+    def footprint(self, a, ins, outs, ctx):
+        return Footprint(fwd_peak=ctx.out_bytes(0), bwd_peak=ctx.out_bytes(0))  # one product at a time

@@ -10,7 +10,7 @@ from typing import Literal
 
 from ..dims import Dim, Sym, numel
 from ..ir import TensorType
-from .base import Attrs, Code, Op, ShapeError, register, static_int
+from .base import Attrs, Code, Footprint, Op, Saved, ShapeError, contiguous_strides, register, static_int, view_strides
 from .conv import per_axis, spatial
 
 
@@ -51,6 +51,22 @@ def exact_div(a: Dim, b: Dim) -> Dim | None:
     return q if q is not None and q * b == a else None
 
 
+def _reshaped(ins, outs, ctx) -> Footprint:
+    """reshape / flatten: a view when the strides allow it, else a contiguous copy; either
+    way the gradient comes back as a view of the output's gradient."""
+    x = ins[0]
+    strides = ctx.strides[0] if ctx.strides else contiguous_strides(x.shape)
+    st = view_strides(x.shape, strides, outs[0].shape)
+    if st is None:
+        return Footprint(grad_views={0: 0})
+    return Footprint(views={0: 0}, grad_views={0: 0}, strides={0: st})
+
+
+def _permuted(ctx, order) -> Footprint:
+    strides = ctx.strides[0] if ctx.strides else contiguous_strides(ctx.ins[0].shape)
+    return Footprint(views={0: 0}, grad_views={0: 0}, strides={0: tuple(strides[d] for d in order)})
+
+
 class FlattenAttrs(Attrs):
     start: int = 1
     end: int = -1
@@ -72,6 +88,12 @@ class Flatten(Op):
     def lower(self, a, ins, outs):
         return Code(f"torch.flatten({{0}}, {a.start})" if a.end == -1
                     else f"torch.flatten({{0}}, {a.start}, {a.end})")
+
+    def saved(self, a, ins, outs, ctx):
+        return []
+
+    def footprint(self, a, ins, outs, ctx):
+        return _reshaped(ins, outs, ctx)
 
 
 class ReshapeAttrs(Attrs):
@@ -125,6 +147,12 @@ class Reshape(Op):
     def lower(self, a, ins, outs):
         return Code("{0}.reshape(" + ", ".join(self._plan(a, ins[0])[1]) + ")")
 
+    def saved(self, a, ins, outs, ctx):
+        return []
+
+    def footprint(self, a, ins, outs, ctx):
+        return _reshaped(ins, outs, ctx)
+
 
 class PermuteAttrs(Attrs):
     dims: tuple[int, ...]
@@ -145,6 +173,12 @@ class Permute(Op):
 
     def lower(self, a, ins, outs):
         return Code(f"{{0}}.permute({', '.join(map(str, a.dims))})")
+
+    def saved(self, a, ins, outs, ctx):
+        return []
+
+    def footprint(self, a, ins, outs, ctx):
+        return _permuted(ctx, _dims(a.dims, ins[0], "permute"))
 
 
 class TransposeAttrs(Attrs):
@@ -167,6 +201,16 @@ class Transpose(Op):
 
     def lower(self, a, ins, outs):
         return Code(f"{{0}}.transpose({a.a}, {a.b})")
+
+    def saved(self, a, ins, outs, ctx):
+        return []
+
+    def footprint(self, a, ins, outs, ctx):
+        x = ins[0]
+        order = list(range(x.rank))
+        i, j = norm_dim(a.a, x, "transpose"), norm_dim(a.b, x, "transpose")
+        order[i], order[j] = order[j], order[i]
+        return _permuted(ctx, order)
 
 
 class ConcatAttrs(Attrs):
@@ -200,6 +244,13 @@ class Concat(Op):
     def lower(self, a, ins, outs):
         names = ", ".join(f"{{{i}}}" for i in range(len(ins)))
         return Code(f"torch.cat([{names}], dim={a.dim})")
+
+    def saved(self, a, ins, outs, ctx):
+        return []
+
+    def footprint(self, a, ins, outs, ctx):
+        # each input's gradient is a slice (a view) of the output's gradient
+        return Footprint(grad_views={i: 0 for i, t in enumerate(ins) if t.dtype == outs[0].dtype})
 
 
 class SplitAttrs(Attrs):
@@ -236,6 +287,14 @@ class Split(Op):
         sizes = a.sizes if isinstance(a.sizes, int) else list(a.sizes)
         return Code(f"torch.split({{0}}, {sizes!r}, dim={a.dim})")
 
+    def saved(self, a, ins, outs, ctx):
+        return []
+
+    def footprint(self, a, ins, outs, ctx):
+        # the pieces are views; backward concatenates their gradients into a new tensor
+        strides = tuple(ctx.strides[0]) if ctx.strides else contiguous_strides(ins[0].shape)
+        return Footprint(views={j: 0 for j in range(len(outs))}, strides={j: strides for j in range(len(outs))})
+
 
 class MeanAttrs(Attrs):
     dim: int | tuple[int, ...]
@@ -260,6 +319,9 @@ class Mean(Op):
 
     def lower(self, a, ins, outs):
         return Code(f"{{0}}.mean(dim={a.dim!r}" + (", keepdim=True)" if a.keepdim else ")"))
+
+    def saved(self, a, ins, outs, ctx):
+        return []
 
 
 _MODE_RANK = {"linear": 3, "bilinear": 4, "bicubic": 4, "trilinear": 5}
@@ -299,3 +361,6 @@ class Upsample(Op):
 
     def lower(self, a, ins, outs):
         return Code(f"F.interpolate({{0}}, scale_factor={a.scale!r}, mode={a.mode!r})")
+
+    def saved(self, a, ins, outs, ctx):
+        return []  # the backward needs only the sizes

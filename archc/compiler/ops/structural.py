@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..ir import TensorType
-from .base import Attrs, Code, Op, ShapeError, alias, register
+from .base import Attrs, Code, Footprint, Op, ShapeError, alias, register
 
 
 @register
@@ -15,6 +15,12 @@ class Identity(Op):
 
     def lower(self, a, ins, outs):
         return Code("{0}")
+
+    def saved(self, a, ins, outs, ctx):
+        return []
+
+    def footprint(self, a, ins, outs, ctx):
+        return Footprint(views={0: 0}, grad_views={0: 0}, strides={0: tuple(ctx.strides[0])} if ctx.strides else {})
 
 
 class ZeroAttrs(Attrs):
@@ -41,6 +47,13 @@ class Zero(Op):
             return Code("torch.zeros_like({0})")
         sl = ", ".join([":", ":"] + [f"::{a.stride}"] * (ins[0].rank - 2))
         return Code(f"{{0}}[{sl}].mul(0.0)")
+
+    def saved(self, a, ins, outs, ctx):
+        return []
+
+    def footprint(self, a, ins, outs, ctx):
+        # zeros_like needs no gradient; the strided form (a slice times 0) passes zeros back
+        return Footprint(differentiable=a.stride != 1)
 
 
 alias("skip", "identity")

@@ -1,0 +1,151 @@
+"""Devices a plan can name (`device("a100-80gb")`): a memory budget and the rules
+that decide what each op allocates and keeps there.
+
+The rules are the observable behaviour of PyTorch (2.4 and later) on each kind of
+device; docs/memory.md explains each one and how it was measured. The "cpu"
+rules are the ones benchmarks/memory_accuracy.py measures (oneDNN convolutions,
+single-tensor optimizers, no allocator rounding); the CUDA rules follow the
+caching allocator, cuDNN, the fused attention kernels and the foreach optimizers.
+Never imports torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from .diagnostics import did_you_mean
+
+KiB, MiB, GiB = 1024, 1024 ** 2, 1024 ** 3
+
+# -- named constants ------------------------------------------------------------
+
+# The CUDA caching allocator rounds every request up to a multiple of 512 bytes;
+# torch.cuda.max_memory_allocated counts the rounded sizes.
+CUDA_ALLOC_ROUND = 512
+# Memory a CUDA process holds outside PyTorch's allocator: the context and the
+# kernels loaded into it (300-600 MiB on recent drivers; we take the upper end).
+CUDA_CONTEXT_BYTES = 500 * MiB
+# cuBLAS keeps a workspace per stream and handle (CUBLAS_WORKSPACE_CONFIG default
+# ":4096:8" on Hopper: 8 x 4 MiB), allocated through PyTorch's allocator on first use.
+CUBLAS_WORKSPACE_BYTES = 32 * MiB
+# torch.utils.checkpoint(preserve_rng_state=True) keeps the CPU generator state
+# (torch.get_rng_state(): a 5056-byte uint8 tensor) per segment; on CUDA it also
+# keeps the device generator state, but both are host tensors.
+CPU_RNG_STATE_BYTES = 5056
+# oneDNN (PyTorch's CPU convolution) computes in channel-blocked layouts: output
+# channels are padded to a multiple of this block (AVX-512: 16), and activations and
+# weights are reordered into and out of those layouts through temporary buffers.
+ONEDNN_CHANNEL_BLOCK = 16
+# Below this many input channels oneDNN reads the plain NCHW input without a reorder.
+ONEDNN_PLAIN_INPUT_BELOW = 8
+
+# Ops PyTorch's autocast runs in the low-precision dtype (both device kinds):
+# convolutions, matrix products and scaled_dot_product_attention.
+AUTOCAST_LOW = frozenset({"conv", "conv_transpose", "linear", "matmul", "attention", "mha"})
+# Ops CUDA autocast runs in float32 (layer_norm, group_norm: inputs cast to fp32;
+# softmax/log_softmax: fp32 output). CPU autocast has no such list for these ops:
+# they run in whatever dtype their input has.
+CUDA_AUTOCAST_FP32 = frozenset({"layernorm", "groupnorm", "rmsnorm", "softmax"})
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device's memory budget and the rules that decide what runs on it allocates."""
+
+    name: str
+    kind: Literal["cpu", "cuda"]
+    memory: int | None  # bytes on the device; None: host memory, no fixed budget
+    description: str = ""
+    alloc_round: int = 1  # allocations count rounded up to this many bytes
+    context_bytes: int = 0  # held outside PyTorch's allocator (not in its statistics)
+    workspace_bytes: int = 0  # library workspaces allocated through PyTorch's allocator
+    dropout_mask_bytes: int | None = None  # per element; None: the input's dtype
+    conv: Literal["onednn", "cudnn"] = "onednn"
+    optimizer_impl: Literal["single", "foreach"] = "single"  # torch.optim's default here
+    rng_state_bytes: int = 0  # device bytes a checkpoint segment keeps for RNG state
+    autocast_fp32: frozenset = field(default_factory=frozenset)
+    loss_casts_logits: bool = True  # autocast casts cross-entropy's input to fp32 first
+    attention_upcast: bool = False  # the math attention path computes half inputs in fp32
+    attention: Literal["auto", "fused", "composite"] = "auto"  # how attention runs
+
+    def attention_kernel(self, dropout: float, training: bool) -> str:
+        """"fused" (a flash / memory-efficient kernel: saves q, k, v, output and
+        log-sum-exp) or "composite" (the math path: saves the probabilities)."""
+        if self.attention != "auto":
+            return self.attention
+        if self.kind == "cpu" and dropout > 0 and training:
+            return "composite"  # the CPU flash kernel has no dropout: SDPA takes the math path
+        return "fused"
+
+    def round(self, n: int) -> int:
+        r = self.alloc_round
+        return n if r <= 1 or n == 0 else -(-n // r) * r
+
+    @property
+    def usable(self) -> int | None:
+        """Bytes PyTorch's allocator can hand out."""
+        return None if self.memory is None else self.memory - self.context_bytes
+
+
+def _cuda(name: str, mib: int, description: str) -> Device:
+    return Device(name, "cuda", mib * MiB, description, alloc_round=CUDA_ALLOC_ROUND,
+                  context_bytes=CUDA_CONTEXT_BYTES, workspace_bytes=CUBLAS_WORKSPACE_BYTES,
+                  dropout_mask_bytes=1, conv="cudnn", optimizer_impl="foreach", rng_state_bytes=0,
+                  autocast_fp32=CUDA_AUTOCAST_FP32, loss_casts_logits=False, attention_upcast=False)
+
+
+# Memory as nvidia-smi reports it ("MiB total").
+DEVICES: dict[str, Device] = {d.name: d for d in [
+    Device("cpu", "cpu", None, "the host CPU (PyTorch's CPU allocator: no rounding; oneDNN convolutions)",
+           rng_state_bytes=CPU_RNG_STATE_BYTES, attention_upcast=True),
+    _cuda("t4-16gb", 15360, "NVIDIA T4 16 GB"),
+    _cuda("v100-16gb", 16384, "NVIDIA V100 16 GB"),
+    _cuda("a4000-16gb", 16376, "NVIDIA RTX A4000 16 GB"),
+    _cuda("rtx3090-24gb", 24576, "NVIDIA GeForce RTX 3090 24 GB"),
+    _cuda("rtx4090-24gb", 24564, "NVIDIA GeForce RTX 4090 24 GB"),
+    _cuda("a5000-24gb", 24564, "NVIDIA RTX A5000 24 GB"),
+    _cuda("a10-24gb", 23028, "NVIDIA A10 24 GB"),
+    _cuda("l4-24gb", 23034, "NVIDIA L4 24 GB"),
+    _cuda("v100-32gb", 32768, "NVIDIA V100 32 GB"),
+    _cuda("a100-40gb", 40960, "NVIDIA A100 40 GB"),
+    _cuda("a6000-48gb", 49140, "NVIDIA RTX A6000 48 GB"),
+    _cuda("l40s-48gb", 46068, "NVIDIA L40S 48 GB"),
+    _cuda("a100-80gb", 81920, "NVIDIA A100 80 GB"),
+    _cuda("h100-80gb", 81559, "NVIDIA H100 80 GB"),
+    _cuda("h800-80gb", 81559, "NVIDIA H800 80 GB"),
+    _cuda("h200-141gb", 143771, "NVIDIA H200 141 GB"),
+]}
+
+
+def lookup(name: str) -> Device | None:
+    return DEVICES.get(name.strip().lower())
+
+
+def suggest(name: str) -> str:
+    """A help line for an unknown device name."""
+    return did_you_mean(name.lower(), DEVICES) or "devices: " + ", ".join(DEVICES)
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """`"24GiB"`, `"80GB"`, `"512MiB"`, `2e9` -> bytes (GB and MB are decimal, GiB and MiB binary)."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    s = text.strip().replace(" ", "")
+    units = {"kib": KiB, "mib": MiB, "gib": GiB, "tib": 1024 ** 4, "kb": 10 ** 3, "mb": 10 ** 6,
+             "gb": 10 ** 9, "tb": 10 ** 12, "b": 1, "": 1}
+    i = len(s)
+    while i and not (s[i - 1].isdigit() or s[i - 1] == "."):
+        i -= 1
+    num, unit = s[:i], s[i:].lower()
+    if not num or unit not in units:
+        raise ValueError(f"not a size: {text!r} (write e.g. \"24GiB\" or \"80GB\")")
+    return int(float(num) * units[unit])
+
+
+def with_overrides(dev: Device, memory: int | None = None, attention: str | None = None) -> Device:
+    out = dev
+    if memory is not None:
+        out = replace(out, memory=memory)
+    if attention is not None and attention != "auto":
+        out = replace(out, attention=attention)
+    return out
