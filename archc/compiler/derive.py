@@ -103,8 +103,8 @@ def derive(prog: Program, model: str, decisions: dict[str, int], args=None, dims
             return None
         return fn
 
-    def uniform(nid):  # None for a choice inside a candidate that was not taken
-        return next(iter(chosen[nid])) if nid in chosen else None
+    def uniform(nid):  # a choice never reached (a branch not taken) keeps its first candidate
+        return next(iter(chosen[nid])) if nid in chosen else 0
 
     # Call sites of varying blocks: rename, or spell out repetitions.
     by_span: dict = {}

@@ -103,3 +103,16 @@ def spaces(draw):
 def test_size_equals_brute_force_enumeration(text):
     prog = archc.parse(text, "s.arch")
     assert explore(prog._prog, "S").size == len(enumerate_space(prog._prog, "S"))
+
+
+@pytest.mark.parametrize("seed", [0, 3, 11])
+def test_a_derived_candidate_is_a_plain_spec_of_the_same_network(tmp_path, seed):
+    prog = archc.parse(SPACE, str(tmp_path / "s.arch"))
+    text = prog.derive(sample=seed)
+    assert "choice(" not in text
+    picked = archc.parse(text, str(tmp_path / "picked.arch"))
+    assert picked.models == ["Space"] and not picked.graph().decisions
+    built, original = picked.build(), prog.build(sample=seed)
+    assert list(built.state_dict()) == list(original.state_dict())
+    assert [v.shape for v in built.state_dict().values()] == [v.shape for v in original.state_dict().values()]
+    assert picked.check().params == prog.check(sample=seed).params

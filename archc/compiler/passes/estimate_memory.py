@@ -1,0 +1,1350 @@
+"""Memory estimation: what a training step (or an inference pass) holds, over time.
+
+The pass replays, on shapes alone, what the generated PyTorch code does: the
+forward pass line by line (outputs allocated, variables released after their
+last use, ReLU in place where the code generator runs it in place), the loss,
+the backward pass node by node in the autograd engine's order (gradients
+allocated, passed through, accumulated; saved tensors released as their node
+runs), recomputation of checkpointed segments, the optimizer step and
+`zero_grad`. Each op says what it saves and what it allocates (`Op.saved`,
+`Op.footprint`) for the device's rules (archc.compiler.devices); storages are
+counted once, however many tensors view them or nodes save them.
+
+The result is a timeline whose peak is reported with what it is made of, per
+node figures, the totals a user asks for (parameters, gradients, optimizer
+state, master weights, activations saved for backward), whether the step fits
+the device, and the largest batch (and context length) that fits, solved from
+the per-sample terms of every point of the timeline.
+
+Assumptions (docs/memory.md has them all): the step is a steady-state one
+(optimizer state exists, gradients start as None and end as None:
+`zero_grad(set_to_none=True)`); the loss is cross-entropy of the model's first
+output against int64 targets (flattened to [N, classes]) unless the model
+outputs a scalar named `loss`; the data batch stays referenced by the caller.
+Never imports torch.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..devices import AUTOCAST_LOW, DEVICES, Device, lookup, parse_bytes, suggest, with_overrides
+from ..diagnostics import CompileError, Diagnostic, Span
+from ..dims import Sym
+from ..ir import Graph, Node, TensorType
+from ..ops import REGISTRY
+from ..ops.base import Footprint, MemoryContext, Saved, contiguous_strides, dtype_bytes, is_float
+
+LOW = {"fp16": "float16", "bf16": "bfloat16", "fp16-mixed": "float16", "bf16-mixed": "bfloat16"}
+CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "master", "inputs", "saved", "activations",
+              "autocast copies", "gradient buffers", "workspace", "checkpoint state")
+
+
+# -- settings -------------------------------------------------------------------
+
+@dataclass
+class MemorySettings:
+    """What a memory estimate assumes: from a `train` plan, or given directly."""
+
+    training: bool = True
+    precision: str = "fp32"  # fp32 | fp16 | bf16 | fp16-mixed | bf16-mixed
+    optimizer: str = "adamw"  # sgd | adam | adamw
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    accumulate: int = 1
+    checkpoint: list[list[int]] = field(default_factory=list)  # segments: node ids in execution order
+    shard: str = "none"  # none | ddp | zero1 | zero2 | zero3
+    gpus: int = 1
+    device: Device = field(default_factory=lambda: DEVICES["cpu"])
+    dims: dict[str, int] = field(default_factory=dict)
+    span: Span | None = None  # the plan, for diagnostics
+
+    @property
+    def mixed(self) -> bool:
+        return self.precision.endswith("-mixed")
+
+    @property
+    def autocast(self) -> bool:
+        """torch.autocast around forward and loss (mixed precision without ZeRO)."""
+        return self.mixed and self.shard in ("none", "ddp")
+
+    @property
+    def low(self) -> str | None:
+        return LOW.get(self.precision)
+
+    @property
+    def zero(self) -> int:
+        return {"zero1": 1, "zero2": 2, "zero3": 3}.get(self.shard, 0)
+
+
+def settings_from_plan(graph: Graph, plan, *, dims: dict[str, int] | None = None, device: str | None = None,
+                       training: bool | None = None, attention: str | None = None) -> MemorySettings:
+    """Read a plan's directives; bad devices and checkpoint selectors are diagnostics."""
+    from ..selectors import select
+
+    s = MemorySettings()
+    diags: list[Diagnostic] = []
+    if plan is not None:
+        s.span = plan.span
+        s.training = plan.kind in ("train", "finetune") if training is None else training
+        if (d := plan.one("precision")) is not None:
+            s.precision = d.args.mode
+        if (d := plan.one("optimizer")) is not None:
+            s.optimizer, s.momentum, s.weight_decay = d.args.name, d.args.momentum, d.args.weight_decay
+        if (d := plan.one("accumulate")) is not None:
+            s.accumulate = d.args.steps
+        if (d := plan.one("shard")) is not None:
+            s.shard, s.gpus = d.args.strategy, d.args.gpus
+        s.dims = plan.dims()
+        if (d := plan.one("device")) is not None and device is None:
+            dev = lookup(d.args.name)
+            if dev is None:
+                diags.append(Diagnostic("E0504", f"unknown device `{d.args.name}`", d.span,
+                                        help=suggest(d.args.name)))
+            else:
+                memory = getattr(d.args, "memory", None)
+                try:
+                    mem = parse_bytes(memory) if memory is not None else None
+                except ValueError as e:
+                    diags.append(Diagnostic("E0502", f"invalid `memory` for `device`: {e}", d.span))
+                    mem = None
+                s.device = with_overrides(dev, mem, getattr(d.args, "attention", None))
+        for d in plan.all("checkpoint"):
+            try:
+                sel = select(graph, d.args.on, d.args.exclude, span=d.span, what="checkpoint selector")
+            except CompileError as e:
+                diags += e.diagnostics
+                continue
+            s.checkpoint += _segments(graph, sel)
+    elif training is not None:
+        s.training = training
+    if device is not None:
+        dev = lookup(device)
+        if dev is None:
+            diags.append(Diagnostic("E0504", f"unknown device `{device}`", None, help=suggest(device)))
+        else:
+            s.device = dev
+    if attention is not None:
+        s.device = with_overrides(s.device, attention=attention)
+    if dims:
+        bad = [k for k, v in dims.items() if not isinstance(v, int) or v <= 0]
+        if bad:
+            diags.append(Diagnostic("E0502", f"dimension `{bad[0]}` must be a positive integer, got {dims[bad[0]]}",
+                                    s.span))
+        s.dims = {**s.dims, **dims}
+    if diags:
+        raise CompileError(diags)
+    s.checkpoint += _annotated_segments(graph, s.checkpoint)
+    return s
+
+
+def _segments(graph: Graph, sel) -> list[list[int]]:
+    """One checkpoint segment per selected module (a block instance, a sequence, a node)."""
+    order = {n.id: i for i, n in enumerate(graph.nodes())}
+    segs: list[list[int]] = []
+    taken: set[int] = set()
+    for mod in sel.modules:
+        ids = sorted((i for i in sel.nodes if i not in taken and
+                      (graph.node(i).path == mod or graph.node(i).path.startswith(mod + ".") or
+                       any(c.path == mod for c in graph.node(i).calls))), key=order.get)
+        if ids:
+            taken.update(ids)
+            segs.append(ids)
+    rest = sorted(sel.nodes - taken, key=order.get)
+    segs += [[i] for i in rest]
+    return segs
+
+
+def _annotated_segments(graph: Graph, existing: list[list[int]]) -> list[list[int]]:
+    """Segments from `@checkpoint` annotations: runs of consecutive marked nodes."""
+    covered = {i for seg in existing for i in seg}
+    segs, cur = [], []
+    for n in graph.nodes():
+        if n.meta.get("checkpoint") and n.id not in covered and n.op not in ("input", "output"):
+            cur.append(n.id)
+        elif cur:
+            segs.append(cur)
+            cur = []
+    if cur:
+        segs.append(cur)
+    return segs
+
+
+# -- the report -------------------------------------------------------------------
+
+@dataclass
+class NodeMemory:
+    path: str
+    op: str
+    block: str  # the innermost block instance ("" at the top level)
+    params: int = 0
+    gradients: int = 0
+    optimizer: int = 0
+    saved: int = 0  # activations this node keeps for backward (first keeper counts a shared storage)
+    outputs: int = 0  # bytes of the tensors it produces (new storage only)
+    workspace: int = 0  # its largest transient
+
+    @property
+    def total(self) -> int:
+        return self.params + self.gradients + self.optimizer + self.saved
+
+
+@dataclass
+class MemoryReport:
+    model: str
+    mode: str  # "training" | "inference"
+    device: Device
+    settings: MemorySettings
+    dims: dict[str, int]
+    parameters: int = 0
+    buffers: int = 0
+    gradients: int = 0
+    optimizer: int = 0
+    master: int = 0
+    activations: int = 0  # saved for backward, at the end of the forward pass (and loss)
+    inputs: int = 0
+    peak: int = 0
+    peak_at: str = ""
+    peak_parts: dict[str, int] = field(default_factory=dict)
+    nodes: list[NodeMemory] = field(default_factory=list)
+    phases: list[tuple[str, int]] = field(default_factory=list)  # (moment, live bytes) at phase ends
+    kv_cache: int = 0  # bytes of the key/value cache for decoding a context of the plan's length
+    params_count: int = 0
+    trainable_count: int = 0
+    largest_layer: int = 0  # parameters of the largest module (ZeRO-3 gathers one at a time)
+    per_sample: int | None = None  # bytes the peak grows by per extra sample (at the peak's moment)
+    fixed: int | None = None  # the peak's part that does not grow with the batch
+    batch_symbol: str | None = None
+    max_batch: int | None = None
+    context_symbol: str | None = None
+    max_context: int | None = None
+    context_cap: int | None = None  # the model's own limit on the context (position tables)
+    assumptions: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def model_state(self) -> int:
+        return self.parameters + self.buffers + self.gradients + self.optimizer + self.master
+
+    @property
+    def budget(self) -> int | None:
+        return self.device.usable
+
+    @property
+    def fits(self) -> bool | None:
+        b = self.budget
+        return None if b is None else self.peak <= b
+
+    def blocks(self) -> list[tuple[str, NodeMemory]]:
+        """Per block instance (innermost), summed; largest first."""
+        acc: dict[str, NodeMemory] = {}
+        for n in self.nodes:
+            key = n.block or "(top level)"
+            b = acc.setdefault(key, NodeMemory(key, "block", key))
+            b.params += n.params
+            b.gradients += n.gradients
+            b.optimizer += n.optimizer
+            b.saved += n.saved
+            b.outputs += n.outputs
+            b.workspace = max(b.workspace, n.workspace)
+        return sorted(acc.items(), key=lambda kv: -kv[1].total)
+
+    def to_json(self) -> dict:
+        s = self.settings
+        return {
+            "model": self.model,
+            "mode": self.mode,
+            "device": {"name": self.device.name, "memory": self.device.memory, "usable": self.budget,
+                       "context_bytes": self.device.context_bytes},
+            "precision": s.precision, "optimizer": s.optimizer if self.mode == "training" else None,
+            "shard": s.shard, "gpus": s.gpus, "accumulate": s.accumulate,
+            "checkpoint_segments": len(s.checkpoint), "dims": self.dims,
+            "totals": {"parameters": self.parameters, "buffers": self.buffers, "gradients": self.gradients,
+                       "optimizer": self.optimizer, "master": self.master, "activations": self.activations,
+                       "inputs": self.inputs, "model_state": self.model_state, "peak": self.peak,
+                       "kv_cache": self.kv_cache},
+            "peak": {"at": self.peak_at, "bytes": self.peak, "parts": self.peak_parts},
+            "fits": self.fits,
+            "per_sample": self.per_sample, "fixed": self.fixed,
+            "max_batch": {"symbol": self.batch_symbol, "value": self.max_batch},
+            "max_context": {"symbol": self.context_symbol, "value": self.max_context, "cap": self.context_cap},
+            "parameters_count": self.params_count, "trainable_count": self.trainable_count,
+            "largest_layer": self.largest_layer,
+            "phases": [{"at": m, "bytes": b} for m, b in self.phases],
+            "nodes": [{"path": n.path, "op": n.op, "block": n.block, "params": n.params, "gradients": n.gradients,
+                       "optimizer": n.optimizer, "saved": n.saved, "outputs": n.outputs, "workspace": n.workspace,
+                       "total": n.total} for n in self.nodes],
+            "assumptions": self.assumptions,
+        }
+
+
+# -- entry points ------------------------------------------------------------------
+
+def estimate_memory(graph: Graph, plan=None, *, settings: MemorySettings | None = None,
+                    dims: dict[str, int] | None = None, device: str | None = None, training: bool | None = None,
+                    attention: str | None = None, solve: bool = True) -> MemoryReport:
+    """Estimate a plan's memory (or, without a plan, fp32 training on the CPU).
+
+    `graph` may keep symbolic dimensions: `dims` (and the plan's) bind them, and the
+    batch and context solutions vary them."""
+    t0 = time.perf_counter()
+    s = settings or settings_from_plan(graph, plan, dims=dims, device=device, training=training,
+                                       attention=attention)
+    if settings is not None and dims:
+        s = replace(s, dims={**s.dims, **dims})
+    model = _Model(graph, s)
+    rep = model.run(s.dims, detail=True)
+    if solve:
+        model.solve(rep)
+    rep.seconds = time.perf_counter() - t0
+    return rep
+
+
+# -- the model of one graph ----------------------------------------------------------
+
+class _Model:
+    """Everything about a graph that does not depend on the dims, computed once."""
+
+    def __init__(self, graph: Graph, s: MemorySettings):
+        from ..lower.torch import _may_overwrite  # the code generator's own rule (imports no torch)
+
+        self.g, self.s = graph, s
+        self.nodes = [n for n in graph.nodes()]
+        self.order = {n.id: i for i, n in enumerate(self.nodes)}
+        self.ins = {n.id: graph.in_values(n.id) for n in self.nodes}
+        self.users: dict[tuple[int, int], list[int]] = {}
+        for n in self.nodes:
+            for v in self.ins[n.id]:
+                self.users.setdefault((v.node, v.port), []).append(n.id)
+        outs = [self.ins[o][0] for o in graph.outputs]
+        self.keep = {(v.node, v.port) for v in outs}
+        self.last_use: dict[tuple[int, int], int] = {}
+        for key, us in self.users.items():
+            self.last_use[key] = max(self.order[u] for u in us if graph.node(u).op != "output") \
+                if any(graph.node(u).op != "output" for u in us) else -1
+        self.inplace = {n.id for n in self.nodes
+                        if getattr(REGISTRY.get(n.op), "inplace_template", None) and len(self.ins[n.id]) == 1
+                        and _may_overwrite(graph, self.ins[n.id][0], self.keep)}
+        self.segment_of: dict[int, int] = {}
+        for k, seg in enumerate(s.checkpoint):
+            for nid in seg:
+                self.segment_of.setdefault(nid, k)
+        self._params()
+        self._loss()
+        self._cache: dict = {}
+
+    # parameters: storage keys, shapes, owners, trainability (independent of dims)
+    def _params(self) -> None:
+        g = self.g
+        self.node_params: dict[int, dict[str, str]] = {}  # nid -> param name -> storage key
+        self.param_shape: dict[str, tuple] = {}
+        self.param_owner: dict[str, Node] = {}
+        self.param_order: list[str] = []
+        self.buffer_shape: dict[str, tuple] = {}
+        for n in self.nodes:
+            if n.op in ("input", "output"):
+                continue
+            op = REGISTRY[n.op]
+            ins = g.in_types(n.id)
+            mine: dict[str, str] = {}
+            for name, shape in op.params(n.attrs, ins).items():
+                key = f"{n.path}.{name}" if name else n.path
+                mine[name] = key
+                if key not in self.param_shape and not n.shared:
+                    self.param_shape[key] = tuple(shape)
+                    self.param_owner[key] = n
+                    self.param_order.append(key)
+            for name, (target, shape) in op.tied(n.attrs, ins).items():
+                mine[name] = target
+            if not n.shared:
+                for name, shape in op.buffers(n.attrs, ins).items():
+                    self.buffer_shape[f"{n.path}.{name}"] = tuple(shape)
+            self.node_params[n.id] = mine
+        self.trainable = {k: not self.param_owner[k].meta.get("frozen", False) for k in self.param_shape}
+        # ties: the tied linear's own copy of the key points at the owner's storage
+        for n in self.nodes:
+            for name, key in self.node_params.get(n.id, {}).items():
+                if key not in self.param_shape:  # tied to a parameter created later (not normally)
+                    self.param_shape[key] = ()
+                    self.trainable[key] = False
+
+    def _loss(self) -> None:
+        g = self.g
+        self.out_values = [self.ins[o][0] for o in g.outputs]
+        first = self.out_values[0] if self.out_values else None
+        names = [g.node(o).path for o in g.outputs]
+        self.model_loss = bool(first is not None and names and names[0] == "loss" and first.type.rank == 0)
+
+    # -- per-dims preparation ---------------------------------------------------------------------
+    def _concrete(self, dims: dict[str, int]) -> dict:
+        """Concrete types, dtypes, strides, saved lists and footprints for one binding of the dims."""
+        s, g = self.s, self.g
+        low = s.low
+        pure_low = low is not None and not s.autocast
+        param_dtype = low if pure_low else "float32"
+
+        def sub(t: TensorType) -> TensorType:
+            shape = tuple(d.subs(dims) if isinstance(d, Sym) else d for d in t.shape)
+            for d in shape:
+                if not isinstance(d, int):
+                    raise CompileError(Diagnostic(
+                        "E0213", f"dimension `{d}` has no value: memory needs every size known", s.span,
+                        help="bind it with `dims(...)` in the plan or `--dim " + str(d) + "=N`"))
+                if d < 0:
+                    raise CompileError(Diagnostic("E0305", f"a tensor would have a negative size {d}", s.span))
+            return TensorType(shape, t.dtype)
+
+        vt: dict[tuple[int, int], TensorType] = {}  # value -> concrete type (dtype as run)
+        rg: dict[tuple[int, int], bool] = {}
+        strides: dict[tuple[int, int], tuple] = {}
+        info: dict[int, dict] = {}
+        for n in self.nodes:
+            if n.op == "input":
+                t = sub(n.outputs[0])
+                dt = low if (pure_low and is_float(t.dtype)) else t.dtype
+                vt[(n.id, 0)] = TensorType(t.shape, dt)
+                rg[(n.id, 0)] = False
+                strides[(n.id, 0)] = contiguous_strides(t.shape)
+                continue
+            if n.op == "output":
+                continue
+            op = REGISTRY[n.op]
+            vals = self.ins[n.id]
+            in_t = [vt[(v.node, v.port)] for v in vals]
+            in_rg = [rg[(v.node, v.port)] for v in vals]
+            in_st = [strides[(v.node, v.port)] for v in vals]
+            # dtypes under autocast: casts of inputs and of weights
+            casts: list[str | None] = [None] * len(vals)
+            fl = [t.dtype for t in in_t if is_float(t.dtype)]
+            out_dtype = None
+            if s.autocast and s.training is not None:
+                if n.op in AUTOCAST_LOW:
+                    casts = [low if is_float(t.dtype) and t.dtype != low else None for t in in_t]
+                    out_dtype = low
+                elif n.op in s.device.autocast_fp32:
+                    if n.op != "softmax":  # layer/group/RMS norm: inputs cast to float32
+                        casts = [("float32" if is_float(t.dtype) and t.dtype != "float32" else None) for t in in_t]
+                    out_dtype = "float32"
+            if out_dtype is None:
+                if n.op == "embedding" or not fl:
+                    out_dtype = param_dtype
+                else:
+                    out_dtype = "float32" if "float32" in fl else fl[0]
+                if n.op == "concat" or n.op in ("add", "sub", "mul", "div"):
+                    out_dtype = "float32" if "float32" in fl else (fl[0] if fl else param_dtype)
+            op_in = [TensorType(t.shape, c) if c else t for t, c in zip(in_t, casts)]
+            op_st = [contiguous_strides(t.shape) if c else st for t, c, st in zip(in_t, casts, in_st)]
+            outs = [TensorType(sub(t).shape, out_dtype if is_float(t.dtype) else t.dtype) for t in n.outputs]
+            # parameters as the op sees them
+            keys = self.node_params.get(n.id, {})
+            wdt = low if s.autocast and n.op in AUTOCAST_LOW else param_dtype
+            pinfo = {name: (self.param_shape[key], wdt) for name, key in keys.items()}
+            weights_grad = any(self.trainable.get(k, False) for k in keys.values())
+            ctx = MemoryContext(s.device, op_in, outs, in_rg, weights_grad, s.training, op_st,
+                                n.id in self.inplace, pinfo)
+            ck = (n.op, n.attrs, tuple(op_in), tuple(outs), tuple(in_rg), weights_grad, tuple(map(tuple, op_st)),
+                  ctx.inplace, tuple(sorted((k, v) for k, v in pinfo.items())), s.training)
+            hit = self._cache.get(ck)
+            if hit is None:
+                try:
+                    fp = op.footprint(n.attrs, op_in, outs, ctx)
+                    grad_ctx = ctx
+                    saved = list(op.saved(n.attrs, op_in, outs, grad_ctx)) if s.training else []
+                except Exception as e:  # a user op that cannot say: keep its inputs
+                    fp, saved = Footprint(), [Saved.input(i) for i in range(len(op_in))]
+                    self._note(f"`{n.op}` could not describe its memory ({e}); assumed it keeps its inputs")
+                hit = self._cache[ck] = (fp, saved)
+            fp, saved = hit
+            out_rg = fp.differentiable and s.training and (any(in_rg) or weights_grad)
+            for j, t in enumerate(outs):
+                vt[(n.id, j)] = t
+                rg[(n.id, j)] = out_rg and is_float(t.dtype)
+                strides[(n.id, j)] = tuple(fp.strides.get(j, contiguous_strides(t.shape)))
+            info[n.id] = {"in_t": in_t, "op_in": op_in, "casts": casts, "outs": outs, "in_rg": in_rg,
+                          "weights_grad": weights_grad, "fp": fp, "saved": saved, "keys": keys, "wdt": wdt,
+                          "out_rg": out_rg}
+        return {"vt": vt, "rg": rg, "info": info, "param_dtype": param_dtype}
+
+    _notes: list[str]
+
+    def _note(self, text: str) -> None:
+        notes = self.__dict__.setdefault("_notes", [])
+        if text not in notes:
+            notes.append(text)
+
+    # -- one simulated step ------------------------------------------------------------------------
+    def run(self, dims: dict[str, int], detail: bool = False) -> MemoryReport:
+        c = self._concrete(dims)
+        sim = _Sim(self, c, detail)
+        return sim.report(dims)
+
+    # -- the largest batch and context that fit ---------------------------------------------------
+    def solve(self, rep: MemoryReport) -> None:
+        g, s = self.g, self.s
+        syms = self._symbols()
+        bsym, tsym = syms
+        rep.batch_symbol, rep.context_symbol = bsym, tsym
+        rep.context_cap = self._context_cap()
+        budget = rep.budget
+        if bsym is None:
+            return
+        b0 = max(2, s.dims.get(bsym, 2))
+        pts = []
+        for b in (b0, b0 + 1):
+            try:
+                pts.append(self.run({**s.dims, bsym: b}).__dict__["_trace"])
+            except CompileError:
+                return
+        t1, t2 = pts
+        if len(t1) != len(t2):
+            return
+        slopes = [y - x for x, y in zip(t1, t2)]
+        base = [x - b0 * k for x, k in zip(t1, slopes)]
+        cur = s.dims.get(bsym)
+        if cur is not None:
+            i = max(range(len(rep.__dict__["_trace"])), key=lambda k: rep.__dict__["_trace"][k])
+            rep.per_sample = slopes[i] if i < len(slopes) else None
+            rep.fixed = base[i] if i < len(base) else None
+        else:
+            i = max(range(len(t1)), key=lambda k: t1[k])
+            rep.per_sample, rep.fixed = slopes[i], base[i]
+        if budget is None:
+            return
+        best = None
+        for a, k in zip(base, slopes):
+            if k > 0:
+                lim = (budget - a) // k
+                best = lim if best is None else min(best, lim)
+            elif a > budget:
+                best = 0
+        if best is None or best < 1:
+            rep.max_batch = 0 if best is not None else None
+        else:
+            best = self._verify(bsym, best, budget, lambda v: {bsym: v})
+            rep.max_batch = best
+        if tsym is not None and tsym in s.dims and bsym in s.dims:
+            t0 = max(8, s.dims[tsym] // 4)
+            tr = []
+            for t in (t0, 2 * t0, 3 * t0):
+                try:
+                    tr.append(self.run({**s.dims, tsym: t}).__dict__["_trace"])
+                except CompileError:
+                    return
+            if len({len(x) for x in tr}) != 1:
+                return
+            best = None
+            for y1, y2, y3 in zip(*tr):
+                # y(t) = a + b t + c t^2 through (t0, y1), (2 t0, y2), (3 t0, y3)
+                c2 = (y3 - 2 * y2 + y1) / (2 * t0 * t0)
+                b1 = (y2 - y1) / t0 - 3 * t0 * c2
+                a0 = y1 - b1 * t0 - c2 * t0 * t0
+                if c2 <= 0 and b1 <= 0:
+                    if a0 > budget:
+                        best = 0
+                    continue
+                if c2 > 0:
+                    disc = b1 * b1 - 4 * c2 * (a0 - budget)
+                    lim = math.floor((-b1 + math.sqrt(disc)) / (2 * c2)) if disc >= 0 else 0
+                else:
+                    lim = math.floor((budget - a0) / b1)
+                best = lim if best is None else min(best, lim)
+            if best is not None and best >= 1:
+                best = self._verify(tsym, best, budget, lambda v: {tsym: v})
+            if best is not None and rep.context_cap is not None:
+                best = min(best, rep.context_cap)
+            rep.max_context = best
+
+    def _verify(self, sym, guess: int, budget: int, bind) -> int:
+        """Check a solved limit against a full replay (rounding can move it by one)."""
+        s = self.s
+        v = max(1, int(guess))
+        for _ in range(8):
+            if self.run({**s.dims, **bind(v)}).peak <= budget:
+                if self.run({**s.dims, **bind(v + 1)}).peak > budget:
+                    return v
+                v += 1
+            else:
+                v -= 1
+                if v < 1:
+                    return 0
+        return v
+
+    def _symbols(self) -> tuple[str | None, str | None]:
+        """The batch symbol (the first input's first axis) and, for sequence inputs, the context
+        symbol (the second axis of a token [B, T] or sequence [B, T, D] input)."""
+        bsym = tsym = None
+        for i in self.g.inputs:
+            t = self.g.node(i).outputs[0]
+            if t.rank and isinstance(t.shape[0], Sym) and len(t.shape[0].symbols()) == 1 and bsym is None:
+                bsym = next(iter(t.shape[0].symbols()))
+            if ((t.rank == 2 and not is_float(t.dtype)) or t.rank == 3) and isinstance(t.shape[1], Sym) \
+                    and len(t.shape[1].symbols()) == 1 and tsym is None:
+                tsym = next(iter(t.shape[1].symbols()))
+        if bsym is None:  # a concrete graph: dims bound at elaboration
+            return None, None
+        return bsym, tsym
+
+    def _context_cap(self) -> int | None:
+        caps = [n.attrs.max_len for n in self.nodes if n.op in ("learned_pe", "sinusoidal_pe")]
+        return min(caps) if caps else None
+
+
+# -- the simulation ------------------------------------------------------------------------------
+
+class _Live:
+    """Live storages with reference counts; per-category totals; the peak and its make-up."""
+
+    def __init__(self, device: Device):
+        self.dev = device
+        self.size: dict[int, int] = {}
+        self.cat: dict[int, str] = {}
+        self.refs: dict[int, int] = {}
+        self.saves: dict[int, int] = {}
+        self.by: dict[str, int] = {c: 0 for c in CATEGORIES}
+        self.total = 0
+        self.peak = -1
+        self.peak_at = ""
+        self.peak_parts: dict[str, int] = {}
+        self.trace: list[int] = []
+        self._next = 0
+
+    def alloc(self, nbytes: int, cat: str) -> int:
+        sid = self._next
+        self._next += 1
+        n = self.dev.round(int(nbytes))
+        self.size[sid], self.cat[sid], self.refs[sid], self.saves[sid] = n, cat, 1, 0
+        self.by[cat] += n
+        self.total += n
+        return sid
+
+    def ref(self, sid: int) -> None:
+        self.refs[sid] += 1
+
+    def unref(self, sid: int) -> None:
+        self.refs[sid] -= 1
+        if self.refs[sid] == 0:
+            n = self.size.pop(sid)
+            self.by["saved" if self.saves[sid] else self.cat[sid]] -= n
+            self.total -= n
+            del self.cat[sid], self.refs[sid], self.saves[sid]
+
+    def save(self, sid: int) -> None:
+        """A node keeps `sid` for backward (counts as a reference)."""
+        self.refs[sid] += 1
+        if self.saves[sid] == 0:
+            self.by[self.cat[sid]] -= self.size[sid]
+            self.by["saved"] += self.size[sid]
+        self.saves[sid] += 1
+
+    def unsave(self, sid: int) -> None:
+        self.saves[sid] -= 1
+        if self.saves[sid] == 0:
+            self.by["saved"] -= self.size[sid]
+            self.by[self.cat[sid]] += self.size[sid]
+        self.unref(sid)
+
+    def recat(self, sid: int, cat: str) -> None:
+        if self.saves[sid] == 0:
+            self.by[self.cat[sid]] -= self.size[sid]
+            self.by[cat] += self.size[sid]
+        self.cat[sid] = cat
+
+    def check(self, moment: str, extra: int = 0) -> None:
+        extra = self.dev.round(int(extra)) if extra else 0
+        now = self.total + extra
+        self.trace.append(now)
+        if now > self.peak:
+            self.peak, self.peak_at = now, moment
+            parts = {k: v for k, v in self.by.items() if v}
+            if extra:
+                parts["workspace"] = parts.get("workspace", 0) + extra
+            self.peak_parts = parts
+
+
+class _Sim:
+    """One steady-state training step (or one inference pass) over concrete sizes."""
+
+    def __init__(self, m: _Model, c: dict, detail: bool):
+        self.m, self.c, self.s = m, c, m.s
+        self.live = _Live(m.s.device)
+        self.detail = detail
+        self.node_mem: dict[int, NodeMemory] = {}
+        self.first_saver: dict[int, int] = {}  # storage -> node that kept it first
+        self.phases: list[tuple[str, int]] = []
+        self.activations = 0
+        self.run()
+
+    # helpers
+    def nbytes(self, t: TensorType) -> int:
+        n = 1
+        for d in t.shape:
+            n *= d
+        return n * dtype_bytes(t.dtype)
+
+    def nm(self, n: Node) -> NodeMemory:
+        r = self.node_mem.get(n.id)
+        if r is None:
+            block = n.calls[-1].path if n.calls else ""
+            r = self.node_mem[n.id] = NodeMemory(n.path, n.op, block)
+        return r
+
+    # -- model state ----------------------------------------------------------------------------
+    def model_state(self) -> None:
+        m, s, L = self.m, self.s, self.live
+        pdt = self.c["param_dtype"]
+        pb = dtype_bytes(pdt)
+        self.param_sid: dict[str, int] = {}
+        self.grad_sid: dict[str, int] = {}
+        P = sum(math.prod(sh) for sh in m.param_shape.values())
+        Pt = sum(math.prod(sh) for k, sh in m.param_shape.items() if m.trainable[k])
+        self.P, self.Pt = P, Pt
+        # the largest layer: a module's own parameters (what ZeRO-3 gathers at once)
+        layers: dict[str, int] = {}
+        for key, sh in m.param_shape.items():
+            owner = m.param_owner[key]
+            sub = key[len(owner.path) + 1:].rpartition(".")[0] if key.startswith(owner.path + ".") else ""
+            mod = owner.path + ("." + sub if sub else "")
+            layers[mod] = layers.get(mod, 0) + math.prod(sh)
+        self.largest = max(layers.values(), default=0)
+        z = s.zero
+        N = s.gpus if z else 1
+        opt_per = {"adam": 8, "adamw": 8, "sgd": 4 if s.momentum else 0}[s.optimizer] if s.training else 0
+        if s.training and not s.mixed and pdt != "float32":
+            opt_per = opt_per // 4 * pb  # optimizer state in the parameters' dtype
+        self.state = {"parameters": 0, "buffers": 0, "gradients": 0, "optimizer": 0, "master": 0}
+        for key, sh in m.param_shape.items():
+            owner = m.param_owner[key]
+            self.nm(owner).params += math.prod(sh) * pb
+        if z:
+            mixed = s.mixed
+            f_b, m_b = (4, 4) if mixed else (0, 0)
+            g_b = pb
+            if not s.training:
+                params = P * pb
+                grads = opt = master = 0
+            elif z == 1:
+                params, grads = P * pb, Pt * g_b + Pt * f_b // N
+                opt, master = Pt * opt_per // N, Pt * m_b // N
+            elif z == 2:
+                params, grads = P * pb, Pt * (g_b + f_b) // N
+                opt, master = Pt * opt_per // N, Pt * m_b // N
+            else:
+                params = P * pb // N + 2 * pb * self.largest
+                grads, opt, master = Pt * f_b // N, Pt * opt_per // N, Pt * m_b // N
+            for cat, v in (("parameters", params), ("gradients", grads), ("optimizer", opt), ("master", master)):
+                if v:
+                    L.alloc(v, cat)
+                self.state[cat] = v
+            for key in m.param_shape:
+                self.param_sid[key] = -1  # partitioned: no per-parameter storage modelled
+            self._zero_params = True
+        else:
+            self._zero_params = False
+            for key in m.param_order:
+                self.param_sid[key] = L.alloc(math.prod(m.param_shape[key]) * pb, "parameters")
+                self.state["parameters"] += L.size[self.param_sid[key]]
+            self.opt_sids = []
+            if s.training and opt_per:
+                for key in m.param_order:
+                    if not m.trainable[key]:
+                        continue
+                    n = math.prod(m.param_shape[key])
+                    per_state = pb  # exp_avg, exp_avg_sq, momentum_buffer: zeros_like(param)
+                    k = 2 if s.optimizer in ("adam", "adamw") else 1
+                    for _ in range(k):
+                        self.opt_sids.append(L.alloc(n * per_state, "optimizer"))
+                    if s.optimizer in ("adam", "adamw") and s.device.kind == "cpu":
+                        self.opt_sids.append(L.alloc(4, "optimizer"))  # the step count (a float32 tensor)
+                for sid in self.opt_sids:
+                    self.state["optimizer"] += L.size[sid]
+            if s.training and s.shard == "ddp":
+                v = Pt * pb  # DDP's gradient buckets (gradient_as_bucket_view=False)
+                L.alloc(v, "gradients")
+                self.state["gradients"] += v
+        for key, sh in m.buffer_shape.items():
+            leaf = key.rpartition(".")[2]
+            dt = "int64" if leaf == "num_batches_tracked" else pdt
+            n = L.alloc(math.prod(sh) * dtype_bytes(dt), "buffers")
+            self.state["buffers"] += L.size[n]
+        if s.training:
+            for key, sh in m.param_shape.items():
+                if m.trainable[key]:
+                    owner = m.param_owner[key]
+                    nbytes = math.prod(sh)
+                    self.nm(owner).gradients += nbytes * pb
+                    self.nm(owner).optimizer += nbytes * (opt_per + (4 if s.mixed and z else 0))
+        if s.device.kind == "cuda" and s.device.workspace_bytes:
+            L.alloc(s.device.workspace_bytes, "workspace")
+
+    # -- forward ----------------------------------------------------------------------------------
+    def run(self) -> None:
+        m, s, L, c = self.m, self.s, self.live, self.c
+        self.model_state()
+        self.vals: dict[tuple[int, int], int] = {}
+        self.inputs_bytes = 0
+        for i in m.g.inputs:
+            t = c["vt"][(i, 0)]
+            self.vals[(i, 0)] = L.alloc(self.nbytes(t), "inputs")
+            L.ref(self.vals[(i, 0)])  # the caller holds the batch; the forward's variable is a second reference
+            self.inputs_bytes += L.size[self.vals[(i, 0)]]
+        self.targets = None
+        if s.training and not m.model_loss and m.out_values:
+            lt = c["vt"][(m.out_values[0].node, m.out_values[0].port)]
+            n = 1
+            for d in lt.shape[:-1]:
+                n *= d
+            self.targets = L.alloc(n * 8, "inputs")  # int64 class indices
+            self.inputs_bytes += L.size[self.targets]
+        L.check("start of step")
+        if not s.training:
+            self.forward(mb=1, grad=False)
+            self.phases.append(("end of forward", L.total))
+            return
+        steps = max(1, s.accumulate)
+        for mb in range(1, min(steps, 2) + 1):
+            tag = "" if steps == 1 else f" (micro-batch {mb} of {steps})"
+            self.forward(mb, grad=True, tag=tag)
+            if mb == 1:
+                self.activations = L.by["saved"]
+            self.phases.append(("end of forward" + tag, L.total))
+            self.backward(mb, tag)
+            self.phases.append(("end of backward" + tag, L.total))
+        self.optimizer_step()
+        self.phases.append(("after optimizer step", L.total))
+
+    def weight(self, key: str, n: Node, name: str, grad: bool) -> int | None:
+        """The storage an op uses for parameter `key`: the parameter, or its autocast copy."""
+        m, s, L = self.m, self.s, self.live
+        info = self.c["info"][n.id]
+        psid = self.param_sid.get(key)
+        if not (s.autocast and n.op in AUTOCAST_LOW):
+            return None if psid is None or psid < 0 else psid
+        shape = m.param_shape[key]
+        nb = math.prod(shape) * dtype_bytes(info["wdt"])
+        if m.trainable.get(key) and grad:  # cached for the autocast region: one copy per parameter
+            sid = self.cast_cache.get(key)
+            if sid is None:
+                sid = self.cast_cache[key] = L.alloc(nb, "autocast copies")
+            return sid
+        sid = L.alloc(nb, "autocast copies")  # a frozen weight is cast at every use
+        self.tmp.append(sid)
+        return sid
+
+    def forward(self, mb: int, grad: bool, tag: str = "", only: list[int] | None = None,
+                stop_after: int | None = None, recompute: bool = False) -> None:
+        """The forward pass (or, with `only`, a segment's recomputation up to `stop_after`)."""
+        m, s, L, c = self.m, self.s, self.live, self.c
+        info_all, vt = c["info"], c["vt"]
+        if only is None:
+            self.saved_by: dict[int, list[int]] = {}
+            self.cast_cache: dict[str, int] = {}
+            self.cast_of: dict[tuple[int, int], int] = {}
+            self.seg_inputs: dict[int, list[int]] = {}
+            self.seg_state: dict[int, int] = {}
+            self.recomputed: set[int] = set()
+        nodes = m.nodes if only is None else [m.g.node(i) for i in only]
+        local_last: dict[tuple[int, int], int] = {}
+        if only is not None:  # within a recomputation, values die at their last use inside it
+            pos = {nid: k for k, nid in enumerate(only)}
+            for nid in only:
+                for v in m.ins[nid]:
+                    key = (v.node, v.port)
+                    local_last[key] = max(local_last.get(key, -1), pos[nid])
+        for k, n in enumerate(nodes):
+            if n.op in ("input", "output"):
+                continue
+            info = info_all[n.id]
+            seg = m.segment_of.get(n.id) if grad else None
+            where = ("recompute: " if recompute else "forward: ") + n.path + tag
+            if seg is not None and not recompute and seg not in self.seg_inputs:
+                self.enter_segment(seg)
+            self.tmp: list[int] = []
+            ins = []
+            for i, v in enumerate(m.ins[n.id]):
+                sid = self.vals[(v.node, v.port)]
+                if info["casts"][i]:
+                    sid = L.alloc(self.nbytes(info["op_in"][i]), "activations")
+                    self.tmp.append(sid)
+                    self.cast_of[(n.id, i)] = sid
+                ins.append(sid)
+            fp: Footprint = info["fp"]
+            outs = []
+            new_bytes = 0
+            for j, t in enumerate(info["outs"]):
+                if j in fp.views:
+                    i = fp.views[j]
+                    sid = ins[i] if i < len(ins) else self.param_sid.get(next(iter(info["keys"].values()), ""), -1)
+                    if sid is None or sid < 0:
+                        sid = L.alloc(0, "activations")
+                    else:
+                        L.ref(sid)
+                else:
+                    sid = L.alloc(self.nbytes(t), "activations")
+                    new_bytes += L.size[sid]
+                outs.append(sid)
+            keep = grad and (seg is None or recompute)
+            kept: list[int] = []
+            transient_new = 0
+            weights: dict[str, int] = {}
+            for name, key in info["keys"].items():
+                w = self.weight(key, n, name, grad)
+                if w is not None:
+                    weights[name] = w
+            if grad and info["saved"]:
+                for sv in info["saved"]:
+                    if sv.kind == "new":
+                        if keep:
+                            sid = L.alloc(sv.bytes, "activations")
+                            L.save(sid)
+                            L.unref(sid)
+                            kept.append(sid)
+                            self._attribute(sid, n)
+                        else:
+                            transient_new += int(sv.bytes)
+                    elif keep:
+                        sid = self._resolve(sv, n, ins, outs, weights)
+                        if sid is not None and sid >= 0:
+                            if L.cat.get(sid) in ("parameters", "buffers"):
+                                continue
+                            L.save(sid)
+                            kept.append(sid)
+                            self._attribute(sid, n)
+            if grad and keep:
+                self.saved_by[n.id] = kept
+            elif grad and seg is not None and not recompute:
+                self.saved_by.setdefault(n.id, [])
+            L.check(where, int(fp.fwd_peak) + transient_new)
+            if self.detail and only is None:
+                r = self.nm(n)
+                r.outputs += new_bytes
+                r.workspace = max(r.workspace, int(fp.fwd_peak) + transient_new)
+            for j, sid in enumerate(outs):
+                self.vals[(n.id, j)] = sid
+            for sid in self.tmp:
+                L.unref(sid)
+            self.tmp = []
+            # release variables after their last use, as the generated code does
+            pos_here = k if only is not None else m.order[n.id]
+            for v in m.ins[n.id]:
+                key = (v.node, v.port)
+                last = local_last.get(key) if only is not None else m.last_use.get(key)
+                if last == pos_here and (key not in m.keep or only is not None) and self._owns(key, only):
+                    self._drop(key)
+            for j in range(len(outs)):
+                key = (n.id, j)
+                if key not in m.users and key not in m.keep:
+                    self._drop(key)
+            if stop_after is not None and n.id == stop_after:
+                break
+        if only is not None:
+            # the rest of the recomputed values (the segment's outputs) are discarded
+            for nid in only:
+                for j in range(len(m.g.node(nid).outputs)):
+                    key = (nid, j)
+                    if key in self.vals and key in self._recomp_vals:
+                        self._drop(key)
+            return
+        if grad:
+            self.loss_forward(tag)
+        else:
+            for v in m.out_values:
+                self._drop((v.node, v.port))
+        for sid in self.cast_cache.values():  # leaving autocast clears its cast cache
+            L.unref(sid)
+        self.cast_cache = {}
+
+    def _owns(self, key, only) -> bool:
+        """Inside a recomputation only its own values are released (the segment's inputs stay)."""
+        return only is None or key in self._recomp_vals
+
+    def _drop(self, key) -> None:
+        sid = self.vals.pop(key, None)
+        if sid is not None:
+            self.live.unref(sid)
+
+    def _resolve(self, sv: Saved, n: Node, ins: list[int], outs: list[int], weights: dict[str, int]) -> int | None:
+        if sv.kind == "input":
+            return ins[sv.index] if sv.index < len(ins) else None
+        if sv.kind == "output":
+            return outs[sv.index] if sv.index < len(outs) else None
+        if sv.kind == "param":
+            if sv.name in weights:
+                return weights[sv.name]
+            key = self.m.node_params.get(n.id, {}).get(sv.name)
+            if key is None:
+                return None  # a buffer: model state, not an activation
+            return self.param_sid.get(key)
+        return None
+
+    def _attribute(self, sid: int, n: Node) -> None:
+        if sid not in self.first_saver:
+            self.first_saver[sid] = n.id
+            if self.detail:
+                self.nm(n).saved += self.live.size[sid]
+
+    def enter_segment(self, seg: int) -> None:
+        """torch.utils.checkpoint (non-reentrant) keeps the segment's inputs and the RNG state."""
+        m, L = self.m, self.live
+        nodes = set(m.s.checkpoint[seg])
+        inputs = []
+        for nid in m.s.checkpoint[seg]:
+            for v in m.ins[nid]:
+                if v.node not in nodes and (v.node, v.port) not in [x for x in inputs]:
+                    inputs.append((v.node, v.port))
+        sids = []
+        for key in inputs:
+            sid = self.vals[key]
+            L.save(sid)
+            sids.append(sid)
+            first = m.g.node(m.s.checkpoint[seg][0])
+            self._attribute(sid, first)
+        self.seg_inputs[seg] = sids
+        self.seg_input_keys = getattr(self, "seg_input_keys", {})
+        self.seg_input_keys[seg] = inputs
+        if m.s.device.rng_state_bytes:
+            self.seg_state[seg] = L.alloc(m.s.device.rng_state_bytes, "checkpoint state")
+
+    # -- loss ---------------------------------------------------------------------------------------
+    def loss_forward(self, tag: str) -> None:
+        m, s, L, c = self.m, self.s, self.live, self.c
+        self.loss_saved: list[int] = []
+        if m.model_loss or not m.out_values:
+            for v in m.out_values[1:]:
+                self._drop((v.node, v.port))
+            self.loss_grad_dtype = None
+            return
+        v = m.out_values[0]
+        lt = c["vt"][(v.node, v.port)]
+        n = self.nbytes(lt) // dtype_bytes(lt.dtype)
+        low_logits = lt.dtype != "float32"
+        lsm_dtype = "float32" if (s.autocast or not low_logits) else lt.dtype
+        tmp = None
+        if s.autocast and low_logits and s.device.loss_casts_logits:
+            tmp = L.alloc(n * 4, "activations")  # autocast casts cross-entropy's input to float32
+        lsm = L.alloc(n * dtype_bytes(lsm_dtype), "activations")  # log_softmax output, kept
+        L.save(lsm)
+        L.unref(lsm)
+        self.loss_saved.append(lsm)
+        self._attribute_loss(lsm)
+        L.check("loss (log_softmax)" + tag)
+        out = L.alloc(4, "activations")  # the loss
+        tw = L.alloc(4, "activations")  # nll_loss's total_weight, kept
+        L.save(tw)
+        L.unref(tw)
+        L.save(self.targets)
+        self.loss_saved += [tw, self.targets]
+        self._attribute_loss(self.targets)
+        self._attribute_loss(tw)
+        L.check("loss (nll)" + tag)
+        if tmp is not None:
+            L.unref(tmp)
+        self.loss_out = out
+        self.lsm_bytes = n * dtype_bytes(lsm_dtype)
+        self.logit_grad_bytes = n * dtype_bytes(lt.dtype)
+        self.loss_cast = tmp is not None or (lsm_dtype != lt.dtype)
+        for v in m.out_values:
+            self._drop((v.node, v.port))
+
+    def _attribute_loss(self, sid: int) -> None:
+        if sid not in self.first_saver:
+            self.first_saver[sid] = -1
+            if self.detail:
+                r = self.node_mem.get(-1)
+                if r is None:
+                    r = self.node_mem[-1] = NodeMemory("(loss)", "cross_entropy", "")
+                r.saved += self.live.size[sid]
+
+    # -- backward -----------------------------------------------------------------------------------
+    def backward(self, mb: int, tag: str) -> None:
+        m, s, L, c = self.m, self.s, self.live, self.c
+        info_all, vt, rg = c["info"], c["vt"], c["rg"]
+        self.grads: dict[tuple[int, int], int] = {}
+        self._recomp_vals: set = set()
+        where = "backward: "
+        if not m.model_loss and m.out_values:
+            root = L.alloc(4, "gradient buffers")
+            g_lsm = L.alloc(self.lsm_bytes, "gradient buffers")  # nll_loss backward
+            L.check(where + "loss (nll)" + tag)
+            L.unref(root)
+            L.unref(self.loss_out)
+            for sid in self.loss_saved[1:]:
+                L.unsave(sid)
+            g_in = L.alloc(self.lsm_bytes, "gradient buffers")  # log_softmax backward
+            L.check(where + "loss (log_softmax)" + tag)
+            L.unref(g_lsm)
+            L.unsave(self.loss_saved[0])
+            if self.loss_cast:
+                g2 = L.alloc(self.logit_grad_bytes, "gradient buffers")
+                L.check(where + "loss (cast)" + tag)
+                L.unref(g_in)
+                g_in = g2
+            v = m.out_values[0]
+            self.grads[(v.node, v.port)] = g_in
+        elif m.out_values:
+            v = m.out_values[0]
+            self.grads[(v.node, v.port)] = L.alloc(4, "gradient buffers")
+        for n in reversed(m.nodes):
+            if n.op in ("input", "output"):
+                continue
+            info = info_all[n.id]
+            if not info["out_rg"]:
+                continue
+            out_keys = [(n.id, j) for j in range(len(info["outs"]))]
+            got = [self.grads.get(k) for k in out_keys]
+            if all(g is None for g in got):
+                continue
+            seg = m.segment_of.get(n.id)
+            if seg is not None and seg not in self.recomputed and self._needs_recompute(seg, n.id):
+                self.recompute(seg, tag)
+            self.node_backward(n, info, got, mb, tag)
+        for key, sid in list(self.grads.items()):
+            L.unref(sid)
+        self.grads = {}
+        for nid, kept in list(self.saved_by.items()):
+            for sid in kept:
+                L.unsave(sid)
+        self.saved_by = {}
+        for seg, sids in list(self.seg_inputs.items()):
+            self._leave_segment(seg)
+
+    def _needs_recompute(self, seg: int, nid: int) -> bool:
+        """Recomputation starts when the first node of the segment that saved something runs."""
+        info = self.c["info"][nid]
+        return bool(info["saved"])
+
+    def recompute(self, seg: int, tag: str) -> None:
+        """Rerun the segment's forward from its kept inputs, keeping what its nodes save, up to
+        the last node that saves anything (early stop)."""
+        m, L = self.m, self.live
+        ids = m.s.checkpoint[seg]
+        savers = [nid for nid in ids if self.c["info"].get(nid, {}).get("saved")]
+        if not savers:
+            self.recomputed.add(seg)
+            return
+        self._recomp_vals = set()
+        for nid in ids:
+            for j in range(len(m.g.node(nid).outputs)):
+                self._recomp_vals.add((nid, j))
+        # inside the recomputation, values the forward already released are made again
+        saved_vals = {k: self.vals.get(k) for k in self._recomp_vals}
+        for k in self._recomp_vals:
+            self.vals.pop(k, None)
+        injected = []
+        for key, sid in zip(self.seg_input_keys.get(seg, []), self.seg_inputs.get(seg, [])):
+            if key not in self.vals:
+                self.vals[key] = sid
+                injected.append(key)
+        self.cast_cache = {}
+        self.forward(0, grad=True, tag=tag, only=ids, stop_after=savers[-1], recompute=True)
+        for sid in self.cast_cache.values():  # the recomputation's autocast region ends
+            L.unref(sid)
+        self.cast_cache = {}
+        for key in injected:
+            self.vals.pop(key, None)
+        for k, sid in saved_vals.items():
+            if sid is not None and sid in L.size:
+                self.vals[k] = sid
+        self._recomp_vals = set()
+        self.recomputed.add(seg)
+
+    def _leave_segment(self, seg: int) -> None:
+        L = self.live
+        for sid in self.seg_inputs.pop(seg, []):
+            L.unsave(sid)
+        st = self.seg_state.pop(seg, None)
+        if st is not None:
+            L.unref(st)
+
+    def node_backward(self, n: Node, info: dict, got: list, mb: int, tag: str) -> None:
+        m, s, L, c = self.m, self.s, self.live, self.c
+        fp: Footprint = info["fp"]
+        where = "backward: " + n.path + tag
+        new_grads: dict[int, int] = {}
+        # gradients of the inputs
+        for i, v in enumerate(m.ins[n.id]):
+            if not info["in_rg"][i]:
+                continue
+            j = fp.grad_views.get(i)
+            if j is not None and j < len(got) and got[j] is not None:
+                L.ref(got[j])
+                new_grads[i] = got[j]
+            else:
+                new_grads[i] = L.alloc(self.nbytes(info["op_in"][i]), "gradient buffers")
+        # gradients of the parameters
+        pending_cast = []
+        acc_tmp = []
+        for name, key in info["keys"].items():
+            if not m.trainable.get(key):
+                continue
+            nb = math.prod(m.param_shape[key])
+            op_bytes = nb * dtype_bytes(info["wdt"])
+            final_bytes = nb * dtype_bytes(c["param_dtype"])
+            if self._zero_params:
+                acc_tmp.append(L.alloc(op_bytes, "gradient buffers"))  # copied into ZeRO's buffers
+                continue
+            if key in self.grad_sid:  # accumulate into .grad in place: the new one is transient
+                acc_tmp.append(L.alloc(op_bytes, "gradient buffers"))
+                if op_bytes != final_bytes:
+                    pending_cast.append(("acc", final_bytes))
+                continue
+            if op_bytes != final_bytes:  # autocast: the low-precision gradient, then its float32 copy
+                acc_tmp.append(L.alloc(op_bytes, "gradient buffers"))
+                pending_cast.append((key, final_bytes))
+            else:
+                self.grad_sid[key] = L.alloc(final_bytes, "gradients")
+        L.check(where, int(fp.bwd_peak))
+        if self.detail:
+            r = self.nm(n)
+            r.workspace = max(r.workspace, int(fp.bwd_peak))
+        for kind, nbytes in pending_cast:  # ToCopyBackward / AccumulateGrad
+            sid = L.alloc(nbytes, "gradients" if kind != "acc" else "gradient buffers")
+            L.check(where + " (gradient cast)")
+            if kind == "acc":
+                L.unref(sid)
+            else:
+                self.grad_sid[kind] = sid
+        for sid in acc_tmp:
+            L.unref(sid)
+        # the node's inputs (its output gradients) and saved tensors go
+        for j, g in enumerate(got):
+            if g is not None:
+                L.unref(g)
+                del self.grads[(n.id, j)]
+        for sid in self.saved_by.pop(n.id, []):
+            L.unsave(sid)
+        seg = m.segment_of.get(n.id)
+        if seg is not None and seg in self.seg_inputs and n.id == m.s.checkpoint[seg][0]:
+            self._leave_segment(seg)
+        # route the input gradients to their producers
+        for i, sid in new_grads.items():
+            v = m.ins[n.id][i]
+            key = (v.node, v.port)
+            if info["casts"][i]:  # undo autocast's cast: a copy in the producer's dtype
+                sid2 = L.alloc(self.nbytes(c["vt"][key]), "gradient buffers")
+                L.check(where + " (cast back)")
+                L.unref(sid)
+                sid = sid2
+            if not c["rg"].get(key):
+                L.unref(sid)
+                continue
+            old = self.grads.get(key)
+            if old is None:
+                self.grads[key] = sid
+            else:  # accumulate (in place when one of the two is not shared)
+                L.check(where + " (accumulate)")
+                if old == sid:
+                    fresh = L.alloc(L.size[sid], "gradient buffers")
+                    L.unref(sid)
+                    L.unref(old)
+                    self.grads[key] = fresh
+                else:
+                    L.unref(sid)
+
+    # -- optimizer ----------------------------------------------------------------------------------
+    def optimizer_step(self) -> None:
+        m, s, L, c = self.m, self.s, self.live, self.c
+        pb = dtype_bytes(c["param_dtype"])
+        where = "optimizer step"
+        if self._zero_params:
+            L.check(where)  # DeepSpeed's fused optimizers update their partitions in place
+        else:
+            keys = [k for k in m.param_order if m.trainable[k] and k in self.grad_sid]
+            sizes = [math.prod(m.param_shape[k]) * pb for k in keys]
+            adam = s.optimizer in ("adam", "adamw")
+            wd_tmp = s.weight_decay and s.optimizer in ("adam", "sgd")
+            if s.device.optimizer_impl == "foreach":
+                total = sum(sizes)
+                extra = (total if adam else 0) + (total if wd_tmp else 0)
+                L.check(where, extra)
+            else:  # the single-tensor loop: temporaries of one parameter at a time
+                prev = 0
+                for k, size in zip(keys, sizes):
+                    if adam:  # denom = (exp_avg_sq.sqrt() / c).add_(eps), the previous denom still bound
+                        extra = prev + 2 * size + (size if wd_tmp else 0)
+                        prev = size
+                    else:
+                        extra = size if wd_tmp else 0
+                    L.check(f"{where} ({k})", extra)
+        for k, sid in list(self.grad_sid.items()):  # zero_grad(set_to_none=True)
+            L.unref(sid)
+        self.grad_sid = {}
+        L.check("after zero_grad")
+
+    # -- report -------------------------------------------------------------------------------------
+    def report(self, dims: dict[str, int]) -> MemoryReport:
+        m, s, L = self.m, self.s, self.live
+        rep = MemoryReport(m.g.name, "training" if s.training else "inference", s.device, s, dict(dims))
+        st = self.state
+        rep.parameters, rep.buffers, rep.optimizer, rep.master = (st["parameters"], st["buffers"],
+                                                                 st["optimizer"], st["master"])
+        if s.training:
+            if self._zero_params:
+                rep.gradients = st["gradients"]
+            else:
+                pb = dtype_bytes(self.c["param_dtype"])
+                rep.gradients = sum(math.prod(sh) * pb for k, sh in m.param_shape.items() if m.trainable[k]) + \
+                    st["gradients"]
+        rep.activations = self.activations
+        rep.inputs = self.inputs_bytes
+        rep.peak, rep.peak_at, rep.peak_parts = L.peak, L.peak_at, L.peak_parts
+        rep.phases = self.phases
+        rep.params_count, rep.trainable_count, rep.largest_layer = self.P, self.Pt, self.largest
+        rep.nodes = sorted(self.node_mem.values(), key=lambda r: -r.total) if self.detail else []
+        rep.kv_cache = self.kv_cache(dims)
+        rep.__dict__["_trace"] = L.trace
+        rep.assumptions = self.assumptions()
+        return rep
+
+    def kv_cache(self, dims) -> int:
+        """Keys and values of causal attention for decoding: 2·layers·batch·context·width·bytes."""
+        m, c = self.m, self.c
+        total = 0
+        for n in m.nodes:
+            op = REGISTRY.get(n.op)
+            f = getattr(op, "cache_bytes_per_token", None)
+            if f is None or n.op in ("input", "output"):
+                continue
+            ins = c["info"][n.id]["op_in"]
+            per = f(n.attrs, [TensorType(t.shape, c["info"][n.id]["outs"][0].dtype) for t in ins])
+            if per:
+                b, t = ins[0].shape[0], ins[0].shape[1]
+                total += per * b * t
+        return total
+
+    def assumptions(self) -> list[str]:
+        s, m = self.s, self.m
+        dev = s.device
+        out = []
+        if s.training:
+            if m.model_loss:
+                out.append("the model outputs its loss; no loss is added")
+            else:
+                out.append("loss: cross-entropy of the first output (flattened to [N, classes]) against int64 "
+                           "targets, computed inside autocast when there is one")
+            out.append("a steady-state step: optimizer state exists; gradients start and end as None "
+                       "(zero_grad(set_to_none=True))")
+            impl = "foreach (multi-tensor) optimizer" if dev.optimizer_impl == "foreach" else \
+                "single-tensor optimizer loop"
+            if s.zero:
+                impl = "DeepSpeed ZeRO-%d: model states as its estimator counts them, updated in place" % s.zero
+            out.append(impl)
+        kind = "CUDA" if dev.kind == "cuda" else "CPU"
+        mask = "1 byte (bool)" if dev.dropout_mask_bytes == 1 else "the input's dtype"
+        out.append(f"device rules: {kind}; dropout masks take {mask} per element; allocations rounded to "
+                   f"{dev.alloc_round} bytes; attention runs "
+                   + ("as the device picks (fused kernel; math path for dropout on the CPU)"
+                      if dev.attention == "auto" else dev.attention))
+        if dev.conv == "onednn":
+            out.append("convolutions: oneDNN reorders (channel blocks of 16) as PyTorch's CPU backend does")
+        else:
+            out.append("convolutions: cuDNN workspaces are not modelled")
+        if s.autocast:
+            out.append(f"autocast to {s.low}: conv/linear/matmul/attention in {s.low} with cached weight copies"
+                       + ("; norms and softmax in float32" if dev.autocast_fp32 else ""))
+        if s.checkpoint:
+            out.append(f"{len(s.checkpoint)} checkpoint segment(s): torch.utils.checkpoint, non-reentrant, "
+                       "early stop; segment inputs kept")
+        out += getattr(m, "_notes", [])
+        return out

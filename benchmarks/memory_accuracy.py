@@ -1,0 +1,216 @@
+"""How close is archc's memory estimate to what PyTorch actually holds?
+
+For every shipped spec (small input sizes so that it runs on a CPU in seconds),
+build the model, run a real training step on the CPU and measure:
+
+  (a) bytes saved for backward (torch.autograd.graph.saved_tensors_hooks, each
+      storage once; parameters and buffers are model state, not activations),
+  (b) the peak of live allocated bytes (torch.profiler memory events replayed
+      in order, on top of what is live when the step starts),
+  (c) parameter, gradient and optimizer-state bytes from the real tensors,
+
+and print them next to `archc mem`'s estimate for the same plan, as ratios
+(estimate / measured). Modes: fp32; fp32 with checkpoint(on=...) segments run
+through torch.utils.checkpoint (the rewrite archc.runtime.measure.checkpointed_source
+makes of the generated forward); bf16 (CPU autocast, fp32 master weights).
+A peer column gives torchinfo's "estimated total size" for the same model.
+
+    .venv/bin/python benchmarks/memory_accuracy.py [--mode fp32|checkpoint|bf16|all] [--spec NAME]
+
+Targets: saved within ±2%, peak within ±5% and never more than 3% low,
+parameter / gradient / optimizer bytes exact.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SPECS = ROOT / "archc" / "specs"
+
+# A small GPT written inline (std.gpt may not exist yet): pre-norm blocks with a fused
+# qkv projection, causal attention with dropout, a GELU MLP, tied output embedding.
+GPT_SPEC = """
+block Block(x, heads: int, drop: float = 0.1) {
+    d = x.shape[-1]
+    h = x -> ln_1: layernorm -> c_attn: linear(3 * d)
+    q, k, v = h -> split(d, dim=-1)
+    a = attention(q, k, v, heads, causal=true, dropout=drop) -> c_proj: linear(d) -> dropout(drop)
+    x = x + a
+    m = x -> ln_2: layernorm -> c_fc: linear(4 * d) -> gelu -> mlp_proj: linear(d) -> dropout(drop)
+    return x + m
+}
+
+model GPT(layers: int = 2, d: int = 64, heads: int = 4, vocab: int = 512, ctx: int = 64, drop: float = 0.1) {
+    input idx: int64[B, T]
+    x = idx -> wte: embedding(vocab, d) -> wpe: learned_pe(ctx) -> dropout(drop)
+    x = x -> h: [Block(heads, drop) * layers] -> ln_f: layernorm
+    output logits = x -> lm_head: linear(vocab, bias=false, tie="wte")
+}
+"""
+
+
+@dataclass
+class Case:
+    name: str
+    file: str  # a spec file under archc/specs, or "gpt" for GPT_SPEC
+    model: str
+    dims: dict
+    args: dict
+    resize: tuple[str, str] | None  # (text, replacement) applied to the spec's input size
+    checkpoint: str  # the selector for checkpoint mode
+
+
+CASES = [
+    Case("resnet18", "resnet.arch", "ResNet18", {"B": 2}, {}, ("224, 224", "64, 64"), "block:BasicBlock"),
+    Case("vgg11", "vgg.arch", "VGG11", {"B": 2}, {"classes": 10}, ("224, 224", "32, 32"), "features"),
+    Case("lenet5", "lenet.arch", "LeNet5", {"B": 4}, {}, None, "c3"),
+    Case("mlp", "mlp.arch", "MLP", {"B": 8}, {}, None, "layers"),
+    Case("gpt-small", "gpt", "GPT", {"B": 2, "T": 32}, {"layers": 2}, None, "block:Block"),
+]
+
+
+def spec_text(case: Case, plan: str = "") -> str:
+    text = GPT_SPEC if case.file == "gpt" else (SPECS / case.file).read_text()
+    if case.resize:
+        text = text.replace(*case.resize)
+    return text + "\n" + plan
+
+
+def plan_text(case: Case, mode: str, device: str = "cpu", optimizer: str = "adamw") -> str:
+    args = ", ".join(f"{k}={v!r}" for k, v in case.args.items()).replace("'", '"')
+    dims = ", ".join(f"{k}={v}" for k, v in case.dims.items())
+    lines = [f"dims({dims})", f'optimizer("{optimizer}")', f'device("{device}")']
+    if mode == "bf16":
+        lines.append('precision("bf16-mixed")')
+    if mode == "checkpoint":
+        lines.append(f'checkpoint(on="{case.checkpoint}")')
+    body = "\n    ".join(lines)
+    return f"train Measure for {case.model}({args}) {{\n    {body}\n}}\n"
+
+
+def load_case(case: Case, mode: str):
+    """(program, plan, symbolic graph, concrete graph) for a case in a mode."""
+    import archc
+
+    prog = archc.parse(spec_text(case, plan_text(case, mode)), f"<{case.name}>")
+    plan = prog.plan("Measure")
+    sym = prog.graph(case.model, args=case.args)
+    return prog, plan, sym
+
+
+def estimate(case: Case, mode: str):
+    from archc.compiler.passes.estimate_memory import estimate_memory
+
+    prog, plan, sym = load_case(case, mode)
+    return estimate_memory(sym, plan)
+
+
+def build(case: Case, mode: str, graph=None, settings=None):
+    """The generated module (with checkpoint segments rewritten in, in checkpoint mode)."""
+    from archc.compiler.lower.torch import Generated, generate, load
+    from archc.compiler.passes.estimate_memory import settings_from_plan
+    from archc.runtime.measure import checkpointed_source
+
+    prog, plan, sym = load_case(case, mode)
+    g = prog.graph(plan=plan)
+    gen = generate(g, case.name)
+    if mode == "checkpoint":
+        s = settings_from_plan(g, plan)
+        index = {n.id: k for k, n in enumerate(x for x in g.nodes() if x.op not in ("input", "output"))}
+        segs = [[index[i] for i in seg] for seg in s.checkpoint]
+        gen = Generated(checkpointed_source(gen.source, segs), gen.class_name, gen.env)
+    return load(gen)(), g
+
+
+def batch(case: Case, g):
+    import torch
+
+    inputs = []
+    for i in g.inputs:
+        t = g.node(i).outputs[0]
+        shape = tuple(int(d) for d in t.shape)
+        if t.dtype.startswith("int"):
+            inputs.append(torch.randint(0, 10, shape, dtype=getattr(torch, t.dtype)))
+        else:
+            inputs.append(torch.randn(shape))
+    out = g.in_types(g.outputs[0])[0]
+    classes = int(out.shape[-1])
+    target = torch.randint(0, classes, tuple(int(d) for d in out.shape[:-1]), dtype=torch.int64)
+    return inputs, target
+
+
+def measure(case: Case, mode: str):
+    import torch
+
+    from archc.runtime.measure import measure_training
+
+    torch.manual_seed(0)
+    model, g = build(case, mode)
+    model.train()
+    inputs, target = batch(case, g)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return measure_training(model, inputs, target, opt,
+                            autocast_dtype=torch.bfloat16 if mode == "bf16" else None), model, inputs
+
+
+def torchinfo_total(model, inputs) -> int | None:
+    try:
+        import torchinfo
+    except ImportError:  # pragma: no cover
+        return None
+    s = torchinfo.summary(model, input_data=[x.clone() for x in inputs], verbose=0, mode="train")
+    # torchinfo's "Estimated Total Size": input + forward/backward pass + params, in bytes
+    return int(s.total_input + s.total_output_bytes + s.total_param_bytes)
+
+
+def compare(case: Case, mode: str) -> dict:
+    est = estimate(case, mode)
+    meas, model, inputs = measure(case, mode)
+    st = meas.state
+    return {
+        "case": case.name, "mode": mode,
+        "saved_est": est.activations, "saved_meas": meas.saved.bytes, "saved_naive": meas.saved.naive,
+        "peak_est": est.peak, "peak_meas": meas.peak.peak, "peak_at": est.peak_at,
+        "params": (est.parameters, st.parameters), "grads": (est.gradients, st.gradients),
+        "optimizer": (est.optimizer, st.optimizer), "buffers": (est.buffers, st.buffers),
+        "torchinfo": torchinfo_total(model, inputs) if mode == "fp32" else None,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mode", default="all", choices=["fp32", "checkpoint", "bf16", "all"])
+    ap.add_argument("--spec", help="only this case (" + ", ".join(c.name for c in CASES) + ")")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    modes = ["fp32", "checkpoint", "bf16"] if args.mode == "all" else [args.mode]
+    rows = []
+    print(f"{'case':10} {'mode':10} {'saved est/meas':>15} {'naive/meas':>11} {'peak est/meas':>14} "
+          f"{'torchinfo/meas':>15}  state exact   peak at")
+    ok = True
+    for case in CASES:
+        if args.spec and case.name != args.spec:
+            continue
+        for mode in modes:
+            r = compare(case, mode)
+            rows.append(r)
+            sr = r["saved_est"] / r["saved_meas"]
+            pr = r["peak_est"] / r["peak_meas"]
+            naive = r["saved_naive"] / r["saved_meas"]
+            ti = f"{r['torchinfo'] / r['peak_meas']:.3f}" if r["torchinfo"] else "-"
+            exact = all(a == b for a, b in (r["params"], r["grads"], r["optimizer"], r["buffers"]))
+            good = abs(sr - 1) <= 0.02 and 0.97 <= pr <= 1.05 and exact
+            ok &= good
+            print(f"{r['case']:10} {mode:10} {sr:15.4f} {naive:11.3f} {pr:14.4f} {ti:>15}  "
+                  f"{'yes' if exact else 'NO '}         {r['peak_at']}{'' if good else '   <-- off target'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
