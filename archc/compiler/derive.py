@@ -71,6 +71,9 @@ def derive(prog: Program, model: str, decisions: dict[str, int], args=None, dims
         chosen.setdefault(id(node), set()).add(idx)
         nodes[id(node)] = node
     varying = {nid for nid, c in chosen.items() if len(c) > 1}
+    for decl in prog.blocks.values():  # choices never reached count too
+        for call in _all_choices(decl):
+            nodes.setdefault(id(call), call)
 
     root = next(f for f in prog.files.values() if f.path == prog.root)
     root_decls = {d.name: d for d in root.decls if isinstance(d, (A.Let, A.BlockDecl))}
@@ -166,6 +169,13 @@ def derive(prog: Program, model: str, decisions: dict[str, int], args=None, dims
     header = "# Derived by archc from {} (model {}): one candidate of the space, no choices left.\n".format(
         root.path, model)
     return header + print_file(A.File(out_decls, path=root.path))
+
+
+def _all_choices(decl) -> list[A.Call]:
+    found: list[A.Call] = []
+    _walk(decl, lambda n: found.append(n) if isinstance(n, A.Call) and isinstance(n.func, A.Name)
+          and n.func.id == "choice" else None)
+    return found
 
 
 def _block_name(n) -> str:

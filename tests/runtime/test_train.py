@@ -51,7 +51,7 @@ def test_steps_limit_and_eval_every():
 
 
 def test_same_seed_same_result():
-    train, val = _data()
+    train, val = _data()  # one loader for both: fit reseeds its shuffling
     a, b = _model(), _model()
     fit(a, train, val, TrainConfig(epochs=2, seed=3))
     fit(b, train, val, TrainConfig(epochs=2, seed=3))
@@ -151,10 +151,18 @@ def test_progress_bar_runs():
 
 
 def test_runtime_never_imports_the_compiler():
-    import subprocess
-    import sys
+    import ast
+    from pathlib import Path
 
-    code = ("import sys, archc.runtime.train, archc.runtime.data; "
-            "bad = [m for m in sys.modules if m.startswith('archc.compiler')]; assert not bad, bad")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    import archc.runtime
+
+    root = Path(archc.runtime.__file__).parent
+    for f in [*root.glob("train/*.py"), root / "data.py"]:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                name = "." * node.level + (node.module or "")
+            elif isinstance(node, ast.Import):
+                name = ",".join(a.name for a in node.names)
+            else:
+                continue
+            assert "compiler" not in name and "search" not in name, f"{f.name} imports {name}"

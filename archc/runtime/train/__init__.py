@@ -24,7 +24,8 @@ optimizer=None, params=None, evaluate_fn=None) -> FitResult`
   `warmup_steps`, `accumulate`, `clip_grad`, `precision`
   (fp32|fp16|bf16|fp16-mixed|bf16-mixed), evaluation (`eval_every` steps,
   default once per epoch), early stopping (`monitor`, `mode`, `patience`,
-  `restore_best`), `seed` (seeds python, torch and numpy at the start), and a
+  `restore_best`), `seed` (seeds python, torch, numpy and the DataLoader's
+  shuffling generator at the start: same seed, same run), and a
   rich progress bar (`progress`, `description`).
 - `loss_fn(outputs, target)`: default cross-entropy on the primary output
   (the output named `logits`, else the first).

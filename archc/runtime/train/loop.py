@@ -54,7 +54,7 @@ class TrainConfig:
     patience: int | None = None  # evaluations without improvement before stopping; None: never
     restore_best: bool = False  # load the best evaluated weights back at the end
     # the rest
-    seed: int | None = 0  # seeds python, torch (and numpy if present) at the start; None: leave as is
+    seed: int | None = 0  # seeds python, torch, numpy and the train loader's shuffling; None: leave as is
     device: str | None = None  # None: the model's device
     progress: bool = False  # a rich progress bar
     description: str = "train"  # the progress bar's label
@@ -347,6 +347,9 @@ def fit(model: nn.Module, train: Iterable, val: Iterable | None = None, config: 
     config = config or TrainConfig()
     if config.seed is not None:
         seed_everything(config.seed)
+        gen = getattr(train, "generator", None)  # a DataLoader's shuffling: the same order for the same seed
+        if isinstance(gen, torch.Generator):
+            gen.manual_seed(config.seed)
     device = _device_of(model, config)
     dtype = _param_dtype(config)
     model.to(device)
