@@ -641,6 +641,7 @@ class Elaborator:
         leaf = all(_is_leaf(o) for o in ops)
         n_edges = sum(len(inputs) + j for j in range(nodes))
         alpha = self._alpha(group, n_edges, len(ops), e.span, scope) if self.relax else None
+        beta = self._alpha(group + ".beta", n_edges, 1, e.span, scope) if self.relax == "pcdarts" else None
         genotype = arg("genotype")
         states = list(inputs)
         row = 0
@@ -659,6 +660,10 @@ class Elaborator:
             terms = []
             for i in edges:
                 s_edge = stride if i < len(inputs) else 1
+                if self.relax == "pcdarts":
+                    terms.append(self._partial_edge(ops, states[i], s_edge, inner, f"edge{j}_{i}", alpha,
+                                                    row + i, e.span))
+                    continue
                 if self.relax:
                     outs = [self._apply_edge(o, states[i], s_edge, inner, f"edge{j}_{i}.{k}", e.span)
                             for k, o in enumerate(ops)]
@@ -670,6 +675,11 @@ class Elaborator:
                     op = discrete[self._cell_decision(f"{group}.node{j}.edge{i}", reprs, e.span, scope, leaf,
                                                       parent=None if keep == "all" else inputs_label)]
                 terms.append(self._apply_edge(op, states[i], s_edge, inner, f"edge{j}_{i}", e.span))
+            if beta is not None:  # PC-DARTS: the node's edges weighted by softmax(β) over them
+                total = self._apply_op(REGISTRY["weighted_sum"], {"start": row}, [beta] + terms, e.span, inner)
+                row += n_in
+                states.append(total)
+                continue
             row += n_in
             total = terms[0]
             for t in terms[1:]:
@@ -679,6 +689,25 @@ class Elaborator:
         if combine == "last" or len(inter) == 1:
             return inter[-1]
         return self._apply_op(REGISTRY["concat"], {"dim": 1}, inter, e.span, inner, name="concat")
+
+    PC_PARTS = 4  # PC-DARTS sends 1/K of the channels through the candidate ops
+
+    def _partial_edge(self, ops, x: Value, stride: int, scope: Scope, label: str, alpha, row: int, span):
+        """A PC-DARTS edge: candidates see the first C/K channels, the rest bypass
+        (max-pooled when the edge strides), then the channels are shuffled."""
+        k = self.PC_PARTS
+        c = x.type.shape[1]
+        if not isinstance(c, int) or c % k:
+            raise self.err("E0604", f"PC-DARTS needs channels divisible by {k}, got {c}", span, scope)
+        edge = Scope(prefix=scope.path(label), block=scope.block, calls=scope.calls, vars=scope.vars)
+        self.graph.containers[edge.prefix] = "edge"
+        part, rest = self._apply_op(REGISTRY["split"], {"sizes": [c // k, c - c // k], "dim": 1}, [x], span, edge)
+        outs = [self._apply_edge(o, part, stride, edge, str(i), span) for i, o in enumerate(ops)]
+        mixed = self._mixed(alpha, row, outs, edge, span)
+        if stride != 1:
+            rest = self._apply_op(REGISTRY["max_pool"], {"kernel": 2, "stride": 2}, [rest], span, edge)
+        joined = self._apply_op(REGISTRY["concat"], {"dim": 1}, [mixed, rest], span, edge)
+        return self._apply_op(REGISTRY["channel_shuffle"], {"groups": k}, [joined], span, edge)
 
     def _cell_decision(self, label, cands, span, scope, leaf: bool, parent: str | None = None) -> int:
         d = self.trace.get(label)

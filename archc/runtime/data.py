@@ -21,7 +21,7 @@ split on every machine and every run.
   instead, which are wrapped in DataLoaders of `batch` examples;
 - a single `(inputs, targets)` pair, which is split like `digits`.
 
-Imports torch (scikit-learn only for `digits`), never the compiler. Failures
+Imports torch, never the compiler; `digits` reads scikit-learn's data file. Failures
 raise `DataError` with a message meant for the user.
 """
 from __future__ import annotations
@@ -82,15 +82,34 @@ def split_tensors(x: torch.Tensor, y: torch.Tensor, *, val: float = 0.15, test: 
     return out
 
 
+def _digits_table() -> list[list[int]]:
+    """The rows of scikit-learn's bundled digits.csv.gz (64 pixels, then the label).
+
+    Read from the installed package's data without importing scikit-learn (its
+    import costs seconds); `sklearn.datasets.load_digits` reads the same file."""
+    import gzip
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("`digits` needs scikit-learn (pip install scikit-learn)")
+    for root in spec.submodule_search_locations:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, "rt") as f:
+                return [[int(float(v)) for v in line.split(",")] for line in f if line.strip()]
+    from sklearn.datasets import load_digits  # a layout we do not know: let scikit-learn find it
+
+    d = load_digits()
+    return [[*map(int, row), int(t)] for row, t in zip(d.data, d.target)]
+
+
 def digits(*, val: float = 0.15, test: float = 0.15, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """scikit-learn's bundled 8x8 digits as `[N, 1, 8, 8]` float32 in 0..1, split train/val/test."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as e:  # pragma: no cover - scikit-learn is a dependency
-        raise DataError("`digits` needs scikit-learn (pip install scikit-learn)") from e
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
-    y = torch.tensor(d.target, dtype=torch.int64)
+    table = torch.tensor(_digits_table(), dtype=torch.int64)
+    x = table[:, :64].to(torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    y = table[:, 64].clone()
     return split_tensors(x, y, val=val, test=test, seed=seed)
 
 

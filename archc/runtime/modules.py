@@ -340,3 +340,10 @@ def mixed(alpha, candidates, relax: str, training: bool):
     else:
         weights = F.softmax(alpha, dim=-1)
     return sum(w * c for w, c in zip(weights.unbind(0), candidates))
+
+
+def weighted_sum(beta, edges):
+    """PC-DARTS edge normalisation: edges weighted by softmax(β) over a node's inputs."""
+    import torch.nn.functional as F
+
+    return sum(w * e for w, e in zip(F.softmax(beta, dim=-1).unbind(0), edges))

@@ -115,6 +115,14 @@ model ResNet50(classes: int = 1000) {
 
 HEAD = "block Head(x, n: int) {\n    return x -> linear(n)\n}\n\n"
 
+SPACE = ("model Net() {\n    input x: float32[B, 16]\n"
+         "    output y = x -> linear(choice(16, 32, label=\"width\")) -> relu -> linear(10)\n}\n\n")
+
+
+def search_plan(*directives: str) -> str:
+    return SPACE + "search Tune for Net() {\n" + "".join(f"    {d}\n" for d in directives) + "}\n"
+
+
 # (code, spec, where the primary span starts: a marker string, (marker, occurrence) or (line, col), cli args)
 CASES = [
     ("E0001", "model Net() {\n    input x float32[B, 16]\n    output y = x\n}\n", "float32"),
@@ -190,6 +198,24 @@ CASES = [
                  marks=pytest.mark.xfail(strict=True, reason="E0503 is not reported by `archc check` yet")),
     pytest.param("E0504", NET + "\ntrain Fit for Net() {\n    device(\"h100-90gb\")\n}\n", '"h100-90gb"',
                  marks=pytest.mark.xfail(strict=True, reason="E0504 is not reported by `archc check` yet")),
+    ("E0520", NET + "\nsearch Tune for Net() {\n    strategy(\"tpe\", trials=20)\n    objective(\"params\")\n}\n",
+     "search Tune"),
+    ("E0521", search_plan('strategy("tpe", trials=20)', 'objective("acuracy", "max")', 'data("digits")'),
+     'objective("acuracy"'),
+    ("E0521", search_plan('strategy("tpe", trials=20)', 'objective("params")', 'constraint("parms < 1M")'),
+     "constraint("),
+    ("E0522", search_plan('strategy("tpe", trials=20)', 'objective("params")', 'constraint("memory < 8 apples")'),
+     "constraint("),
+    ("E0523", search_plan('strategy("tpe", trials=20)', 'objective("params")', 'storage("mongodb://localhost/s")'),
+     "storage("),
+    ("E0523", search_plan('strategy("tpe", trials=20)', 'objective("params")', 'storage("sqlite:///:memory:")'),
+     "storage("),
+    ("E0524", search_plan('objective("params", "min")'), "search Tune"),
+    ("E0524", search_plan('strategy("tpe", trials=20)', 'objective("params")', 'objective("flops")',
+                          'pruner("median")'), "pruner("),
+    ("E0525", search_plan('strategy("tpe", trials=20)', 'objective("accuracy")', 'data("imagenet-21k")'),
+     "data("),
+    ("E0525", search_plan('strategy("tpe", trials=20)', 'objective("accuracy")'), 'objective("accuracy")'),
     ("E0602", "model Net() {\n    input x: float32[B, 16]\n    h = x -> linear(choice(16, 32, label=\"w\"))\n"
      "    output y = h -> linear(choice(16, 32, 64, label=\"w\"))\n}\n", "choice(16, 32, 64"),
     ("E0603", "model Net() {\n    input x: float32[B, 16]\n    output y = x -> choice(linear(16), linear(32), label=\"op\")\n}\n",
@@ -511,6 +537,15 @@ def test_quoted_line_with_unusual_line_breaks_in_a_comment(cli_text, sep):
     assert "4 |     output y = x -> relu $" in err
 
 
+@pytest.mark.xfail(strict=True, reason="wrong position: the end-of-file span counts lines with "
+                   "`text.splitlines()`, so a form feed in a comment puts E0003 on a line after the last one")
+def test_end_of_file_position_with_a_form_feed(cli):
+    spec = "# a\x0cb\nmodel Net() {\n    input x: float32[B, 16]\n    output y = x -> relu\n"
+    _, diags = cli(spec)
+    assert diags[0]["code"] == "E0003"
+    assert (diags[0]["line"], diags[0]["column"]) == (4, len("    output y = x -> relu") + 1)
+
+
 @pytest.mark.xfail(strict=True, reason="bug: the quoted-source cache is keyed by file name and never "
                    "refreshed for a file that fails to decode, so E0006 quotes an older file of the same name")
 def test_stale_source_cache(cli_text):
@@ -539,12 +574,13 @@ def test_expected_tokens_inside_a_body(cli):
 
 
 @pytest.mark.xfail(strict=True, reason="misleading: control characters are printed raw in `unexpected "
-                   "character` messages (a NUL or a lone CR shows as nothing)")
+                   "character` messages (a NUL or an escape shows as nothing; a lone CR is looked up on the wrong "
+                   "line and named as ``)")
 @pytest.mark.parametrize("ch", ["\x00", "\r", "\x1b"], ids=["nul", "cr", "esc"])
 def test_control_character_is_named(cli, ch):
-    rc, diags = cli(f"model Net() {{{ch}\n    input x: float32[B, 16]\n    output y = x\n}}\n")
+    rc, diags = cli(f"model Net() {{\n    input x: float32[B, 16]\n    output y = x{ch} -> relu\n}}\n")
     assert diags[0]["code"] == "E0002"
-    assert ch not in diags[0]["message"]
+    assert ch not in diags[0]["message"] and "``" not in diags[0]["message"]
 
 
 @pytest.mark.xfail(strict=True, reason="misleading: the E0004 hint is fixed text about `conv(64, 3)` "

@@ -261,16 +261,17 @@ def test_comment_markers_inside_strings_are_not_comments():
 
 
 # -- random trees ------------------------------------------------------------------
+# Drawn with explicit depths (nested `st.recursive` is slow to draw from).
 
 KEYWORDS = {"import", "let", "block", "model", "train", "finetune", "compress", "search", "for", "in", "if",
             "else", "return", "input", "output", "assert", "and", "or", "not", "true", "false", "none"}
 OPS = ["+", "-", "*", "/", "//", "%", "@", "**", "and", "or", "==", "!=", "<", "<=", ">", ">="]
 NUMBER_TEXTS = ["1_000", "3.5M", "8GiB", "3e-4", "0.1", ".5", "512MiB", "80GB", "1.2B", "2K", "064", "1e10"]
-
 # Identifiers, some of them close to keywords (`iff`, `nota`, `inputs`): none is one.
 NAMES = ["x", "y", "a", "b1", "_t", "conv", "relu", "B", "T", "layer1", "Foo", "e5", "iff", "nota", "inputs",
          "models", "format", "std", "float32", "residual"]
 assert not KEYWORDS & set(NAMES)
+
 names = st.sampled_from(NAMES)
 strings = st.text(alphabet=st.sampled_from(list('ab Z09#{}"\\\n\t잔_-:')), max_size=8)
 numbers = st.one_of(
@@ -279,77 +280,124 @@ numbers = st.one_of(
     st.sampled_from(NUMBER_TEXTS).map(lambda t: A.Num(parse_number(t), t)),
 )
 leaves = st.one_of(names.map(A.Name), numbers, strings.map(A.Str), st.sampled_from([True, False, None]).map(A.Const))
+EXPR_KINDS = ["leaf", "binop", "unary", "cond", "call", "index", "attr", "list", "tuple", "pipeline"]
 
 
-def _stages(children):
-    return st.recursive(children, lambda s: st.one_of(st.builds(A.Labelled, names, s),
-                                                      st.builds(A.Annotated, names, s)), max_leaves=3)
+@st.composite
+def exprs(draw, depth=3):
+    kind = "leaf" if depth == 0 else draw(st.sampled_from(EXPR_KINDS + ["leaf"] * 5))
+    sub = lambda: draw(exprs(depth - 1))  # noqa: E731
+    some = lambda lo, hi: [sub() for _ in range(draw(st.integers(lo, hi)))]  # noqa: E731
+    if kind == "leaf":
+        return draw(leaves)
+    if kind == "binop":
+        return A.BinOp(draw(st.sampled_from(OPS)), sub(), sub())
+    if kind == "unary":
+        return A.UnaryOp(draw(st.sampled_from(["-", "not"])), sub())
+    if kind == "cond":
+        return A.Cond(sub(), sub(), sub())
+    if kind == "call":
+        return A.Call(sub(), some(0, 3), draw(kwargs(depth - 1)))
+    if kind == "index":
+        return A.Index(sub(), sub())
+    if kind == "attr":
+        return A.Attr(sub(), draw(names))
+    if kind == "list":
+        return A.ListExpr(some(0, 4))
+    if kind == "tuple":
+        return A.TupleExpr(some(1, 3))
+    return A.Pipeline(sub(), [draw(stages(depth - 1)) for _ in range(draw(st.integers(1, 4)))])
 
 
-def _extend(children):
-    kwargs = st.lists(st.builds(A.Kwarg, names, children), max_size=2)
-    return st.one_of(
-        st.builds(A.BinOp, st.sampled_from(OPS), children, children),
-        st.builds(A.UnaryOp, st.sampled_from(["-", "not"]), children),
-        st.builds(A.Cond, children, children, children),
-        st.builds(A.Call, children, st.lists(children, max_size=3), kwargs),
-        st.builds(A.Index, children, children),
-        st.builds(A.Attr, children, names),
-        st.builds(A.ListExpr, st.lists(children, max_size=4)),
-        st.builds(A.TupleExpr, st.lists(children, min_size=1, max_size=3)),
-        st.builds(A.Pipeline, children, st.lists(_stages(children), min_size=1, max_size=4)),
-    )
+@st.composite
+def stages(draw, depth):
+    """A pipeline stage: an expression, maybe labelled and annotated."""
+    stage = draw(exprs(depth))
+    for wrap in draw(st.lists(st.sampled_from(["label", "annotation"]), max_size=2)):
+        stage = A.Labelled(draw(names), stage) if wrap == "label" else A.Annotated(draw(names), stage)
+    return stage
 
 
-exprs = st.deferred(lambda: st.recursive(leaves, _extend, max_leaves=10))
-kwargs = st.lists(st.builds(A.Kwarg, names, exprs), max_size=2)
-simple_stmts = st.one_of(
-    st.builds(A.Assign, names, exprs),
-    st.builds(A.Unpack, st.lists(names, min_size=2, max_size=3), exprs),
-    st.builds(A.Return, st.lists(exprs, min_size=1, max_size=3)),
-    st.builds(A.Input, names, st.builds(A.TensorTypeExpr, st.none() | names, st.lists(exprs, max_size=4))),
-    st.builds(A.Output, names, exprs),
-    st.builds(A.Assert, exprs, st.none() | strings),
-)
+def kwargs(depth=2):
+    return st.lists(st.builds(A.Kwarg, names, exprs(depth)), max_size=2)
 
 
-def _compound(children):
-    body = st.lists(children, max_size=3)
-    return st.one_of(
-        # a one-statement else holding an `if` is an `else if`
-        st.builds(A.If, exprs, body, st.none() | body | st.lists(children, min_size=1, max_size=1)),
-        st.builds(A.For, names, exprs, body),
-    )
+@st.composite
+def stmts(draw, depth=2):
+    kinds = ["assign", "unpack", "return", "input", "output", "assert"] + (["if", "for"] if depth else [])
+    kind = draw(st.sampled_from(kinds))
+    e = lambda: draw(exprs(2))  # noqa: E731
+    body = lambda: draw(st.lists(stmts(depth - 1), max_size=3))  # noqa: E731
+    if kind == "assign":
+        return A.Assign(draw(names), e())
+    if kind == "unpack":
+        return A.Unpack(draw(st.lists(names, min_size=2, max_size=3)), e())
+    if kind == "return":
+        return A.Return([e() for _ in range(draw(st.integers(1, 3)))])
+    if kind == "input":
+        return A.Input(draw(names), A.TensorTypeExpr(draw(st.none() | names), draw(st.lists(exprs(1), max_size=4))))
+    if kind == "output":
+        return A.Output(draw(names), e())
+    if kind == "assert":
+        return A.Assert(e(), draw(st.none() | strings))
+    if kind == "for":
+        return A.For(draw(names), e(), body())
+    orelse = draw(st.sampled_from(["none", "body", "elif"]))
+    if orelse == "elif":  # `else if`: the else body is one `if`
+        orelse = [A.If(e(), body(), draw(st.none() | st.lists(stmts(depth - 1), max_size=2)))]
+    else:
+        orelse = body() if orelse == "body" else None
+    return A.If(e(), body(), orelse)
 
 
-stmts = st.deferred(lambda: st.recursive(simple_stmts, _compound, max_leaves=5))
-params = st.builds(A.Param, names, st.none() | names, st.none() | exprs)
+params = st.builds(A.Param, names, st.none() | names, st.none() | exprs(2))
 blocks = st.builds(A.BlockDecl, st.sampled_from(["block", "model"]), names, st.lists(params, max_size=4),
-                   st.lists(stmts, max_size=4))
-directives = st.builds(A.Call, names.map(A.Name), st.lists(exprs, max_size=2), kwargs)
+                   st.lists(stmts(), max_size=4))
+directives = st.builds(A.Call, names.map(A.Name), st.lists(exprs(2), max_size=2), kwargs())
 plans = st.builds(A.PlanDecl, st.sampled_from(["train", "finetune", "compress", "search"]), names, names,
-                  st.lists(exprs, max_size=2), kwargs, st.lists(directives, max_size=3))
+                  st.lists(exprs(2), max_size=2), kwargs(), st.lists(directives, max_size=3))
 imports = st.builds(A.Import, strings, st.just(False)) | st.builds(
     A.Import, st.lists(names, min_size=1, max_size=3).map(".".join), st.just(True))
-lets = st.builds(A.Let, names, exprs)
-decls = st.deferred(lambda: st.lists(st.one_of(imports, lets, blocks, plans), max_size=4))
+lets = st.builds(A.Let, names, exprs(3))
+decls = st.lists(st.one_of(imports, lets, blocks, plans), max_size=5)
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                            HealthCheck.data_too_large])
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(decls)
 def test_random_files_round_trip_and_print_idempotently(ds):
     roundtrip(A.File(ds))
 
 
+@pytest.mark.slow
 @SETTINGS
-@given(exprs)
+@given(exprs(4))
 def test_random_expressions_round_trip(e):
     text = print_expr(e)
     assert value(text) == e, text
     assert print_expr(value(text)) == text
+
+
+@pytest.mark.slow
+@SETTINGS
+@given(decls, st.lists(st.tuples(st.integers(0, 10**6), st.booleans(), st.integers(0, 10**6)), max_size=8))
+def test_comments_anywhere_survive_and_print_idempotently(ds, inserts):
+    """Comments put on random lines of a printed file, on their own line or at the end of one."""
+    lines = print_file(A.File(ds)).splitlines()
+    for n, (where, own, tag) in enumerate(inserts):
+        i = where % (len(lines) + 1)
+        if own or i == len(lines) or not lines[i].strip():
+            lines.insert(i, f"# c{n} {tag}")
+        else:
+            lines[i] += f"  # t{n}"
+    text = "\n".join(lines) + "\n"
+    tree = parse(text)
+    assert tree.decls == ds
+    out = roundtrip(tree)
+    assert sorted(c.text for c in parse(out).comments) == sorted(c.text for c in tree.comments)
 
 
 # -- archc fmt ---------------------------------------------------------------------

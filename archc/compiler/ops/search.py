@@ -82,3 +82,32 @@ class Mixed(Op):
 
     def footprint(self, a, ins, outs, ctx):
         return Footprint(fwd_peak=ctx.out_bytes(0), bwd_peak=ctx.out_bytes(0))  # one product at a time
+
+
+class WeightedSumAttrs(Attrs):
+    start: int  # the first of this node's entries in the β table
+
+
+@register
+class WeightedSum(Op):
+    name = "weighted_sum"
+    Attrs = WeightedSumAttrs
+    arity = None
+    doc = ("PC-DARTS edge normalisation: Σ_i softmax(β[start:start+n])_i · edge_i; its first input is the β "
+           "table. FLOPs: 2 per element per edge.")
+
+    def infer(self, a, ins):
+        beta, *edges = ins
+        if not edges or beta.rank != 2 or beta.shape[1] != 1 or a.start + len(edges) > beta.shape[0]:
+            raise ShapeError("E0303", f"β table {beta} does not fit {len(edges)} edges from {a.start}")
+        for e in edges[1:]:
+            if e.shape != edges[0].shape:
+                raise ShapeError("E0301", f"edges have different shapes: {edges[0]} vs {e}")
+        return [edges[0]]
+
+    def flops(self, a, ins, outs):
+        return 2 * outs[0].numel() * (len(ins) - 1)
+
+    def lower(self, a, ins, outs):
+        edges = ", ".join(f"{{{i}}}" for i in range(1, len(ins)))
+        return Code(f"rt.weighted_sum({{0}}[{a.start}:{a.start + len(ins) - 1}, 0], [{edges}])")

@@ -364,3 +364,27 @@ class Upsample(Op):
 
     def saved(self, a, ins, outs, ctx):
         return []  # the backward needs only the sizes
+
+
+class ChannelShuffleAttrs(Attrs):
+    groups: int
+
+
+@register
+class ChannelShuffle(Op):
+    name = "channel_shuffle"
+    Attrs = ChannelShuffleAttrs
+    doc = ("ShuffleNet's channel shuffle: [B, g·c, ...] viewed as [B, g, c, ...], transposed to "
+           "[B, c, g, ...] and flattened back (torch.nn.ChannelShuffle). FLOPs 0.")
+
+    def infer(self, a, ins):
+        (x,) = ins
+        if x.rank < 2:
+            raise ShapeError("E0302", f"channel_shuffle needs a channel axis, got {x}")
+        if a.groups < 1 or exact_div(x.shape[1], a.groups) is None:
+            raise ShapeError("E0303", f"channel_shuffle: {a.groups} groups do not divide {x.shape[1]} channels",
+                             help="choose a group count that divides the channels")
+        return [x]
+
+    def lower(self, a, ins, outs):
+        return Code(f"F.channel_shuffle({{0}}, {a.groups})")
