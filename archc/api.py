@@ -10,6 +10,7 @@ from .compiler.elaborate import Decider, Elaborator, Scope
 from .compiler.ir import Graph
 from .compiler.ops import REGISTRY
 from .compiler.passes.count_cost import CostReport, count_cost
+from .compiler.passes.apply_plan import apply_plan
 from .compiler.plans import Plan, resolve_plan
 from .compiler.space import Space, explore
 
@@ -104,6 +105,8 @@ class Program:
                                           ("labels: " + ", ".join(el.trace) if el.trace else
                                            f"`{model}` has no choices")))
         graph.decisions = {lbl: d.chosen for lbl, d in el.trace.items()}
+        if plan is not None:
+            graph = apply_plan(graph, p)
         return graph
 
     def derive(self, model: str | None = None, decisions: dict[str, int] | None = None, *,

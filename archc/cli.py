@@ -185,6 +185,9 @@ def cmd_build(args) -> int:
     console = Console()
     console.print(summary_table(report, dims))
     console.print(f"{report.model}: {report.params:,} parameters, built as torch.nn.Module")
+    if report.trainable != report.params:
+        console.print(f"trainable: {report.trainable:,} of {report.params:,} "
+                      f"({100 * report.trainable / max(1, report.params):.2f}%)")
     if written:
         console.print(f"wrote {written}")
     return 0

@@ -929,8 +929,10 @@ class Elaborator:
         before = self.graph._next
         v = self.apply(st.stage, inputs, scope, span, label)
         if st.annotation == "checkpoint":
+            created = [self.graph.node(i).path for i in range(before, self.graph._next)]
+            key = label and scope.path(label) or _common_prefix(created) or f"segment_{before}"
             for nid in range(before, self.graph._next):
-                self.graph.node(nid).meta["checkpoint"] = True
+                self.graph.node(nid).meta["checkpoint"] = key
             return v
         if len(inputs) != 1 or not isinstance(v, Value):
             raise self.err("E0306", "`@residual` wraps a stage with one tensor input and one output", st.span, scope)

@@ -74,6 +74,7 @@ class Graph:
         self.outputs: list[int] = []  # output node ids, in declaration order
         self.containers: dict[str, str] = {}  # path -> "seq" | "block:Name": module containers
         self.decisions: dict[str, int] = {}  # search-space label -> chosen candidate index
+        self.plan = None  # the plan applied to this graph, if any
 
     # -- building ---------------------------------------------------------
     def add(self, op: str, attrs, inputs: list[Value], outputs: list[TensorType], path: str,

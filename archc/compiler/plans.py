@@ -79,6 +79,20 @@ class Checkpoint(Directive):
     exclude: str | None = None
 
 
+@directive("freeze", ("finetune", "train"))
+class Freeze(Directive):
+    """Parameters of the selected modules get no gradient: `freeze("*")`."""
+
+    on: str = "*"
+    exclude: str | None = None
+
+
+@directive("unfreeze", ("finetune", "train"))
+class Unfreeze(Directive):
+    on: str
+    exclude: str | None = None
+
+
 @directive("shard", ("train", "finetune"))
 class Shard(Directive):
     strategy: Literal["none", "ddp", "zero1", "zero2", "zero3"] = "none"

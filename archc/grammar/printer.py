@@ -1,32 +1,34 @@
 """AST -> .arch text, in archc's one canonical layout (what `archc fmt` writes).
 
-`print_file(parse(text))` keeps the meaning (`parse(print_file(t)) == t`) and
-the author's comments; printing is idempotent. The layout:
+Printing keeps the meaning (`parse(print_file(f)).decls == canonical_order(f.decls)`)
+and the comments `parse` recorded on the File; it is idempotent. The layout:
 
-- 4-space indentation; statements one per line; bodies `{ ... }` with `{` at
-  the end of the header line, `}` on its own line (`} else {`, `} else if c {`);
-  an empty body is `{}`.
-- Declarations in a fixed order: imports (as written), then `let`s (as
-  written), then blocks, models and plans (as written). Two blank lines before
-  and after each block, model or plan; one between the imports and the `let`s.
-  Inside the import group, the `let` group and a body, a blank line in the
-  source is kept (at most one); none is added.
-- Spaces around binary operators, `->`, `=` and `:` of parameters, none inside
-  brackets, `, ` after commas, `name=value` for keyword arguments; parentheses
+- 4-space indentation; one statement per line; `{` ends the header line, `}`
+  stands on its own line, `} else {` and `} else if c {` join them (an `else`
+  body holding only an `if` is written `else if`); an empty body is `{}`.
+- Declarations in a fixed order: imports, then `let`s, then blocks, models and
+  plans, each group in written order. Two blank lines around each block, model
+  or plan; one between the imports and the `let`s. Inside the import group,
+  the `let` group and a body, one blank line is kept where the source had one
+  or more; none is added.
+- One space around binary operators, `->`, `=` of statements and of parameter
+  defaults (`k: int = 3`); `: ` after a label or parameter name; none inside
+  brackets; `, ` after commas; `name=value` for keyword arguments; parentheses
   only where precedence requires them.
-- Lines are at most 88 columns where possible: a pipeline that does not fit
-  breaks before every `->`, the continuation lines starting with `->` aligned
-  under the first `->`; then a bracket (arguments, list, tuple, parameters)
-  that still does not fit puts one item per line, aligned after its opening
-  bracket.
-- Numbers as written (`1_000`, `3.5M`, `8GiB`); strings re-escaped (`\\"`, `\\\\`,
-  `\\n`, `\\t`).
+- At most 88 columns where a break is possible: a pipeline that does not fit
+  breaks before every `->`, each continuation line starting with `->` aligned
+  under the first `->`. A bracket that still does not fit breaks after commas,
+  its lines aligned after the opening bracket: arguments, parameters and lists
+  of plain values (names, numbers, strings) fill each line; a list or tuple
+  holding anything else (a sequence of layers) takes one item per line.
+- Numbers as written (`1_000`, `3.5M`, `8GiB`), else Python's repr; strings
+  re-escaped (`\\"`, `\\\\`, `\\n`, `\\t`); `true`, `false`, `none`.
 - Comments: a full-line comment is printed before the statement or declaration
-  that follows it (or at the end of its body); a comment at the end of a line
-  stays at the end of that statement's last line, after two spaces. Comments
-  written inside a statement that spans several lines move before it. A
-  comment block at the top of the file that a blank line separates from the
-  first declaration stays at the top.
+  that follows it, or at the end of its body; a comment at the end of a line
+  stays at the end of its statement's last line, after two spaces. Comments
+  inside a statement that spans several lines move before it. Comments at the
+  top of the file that a blank line separates from the first declaration stay
+  at the top.
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
 
 
 class DataError(ValueError):
@@ -121,6 +121,11 @@ def _loader(part: Any, batch: int, shuffle: bool, seed: int) -> DataLoader:
     if not isinstance(part, Dataset) and not hasattr(part, "__getitem__"):
         raise DataError(f"expected a DataLoader, a Dataset or an (inputs, targets) pair, got {type(part).__name__}")
     g = torch.Generator().manual_seed(seed) if shuffle else None
+    if isinstance(part, TensorDataset):
+        # Whole batches by one index each (a tensor dataset indexes with a list): no per-example
+        # collation, many times faster on small examples. `generator` is the one shuffling.
+        order = RandomSampler(part, generator=g) if shuffle else SequentialSampler(part)
+        return DataLoader(part, batch_size=None, sampler=BatchSampler(order, batch, drop_last=False), generator=g)
     return DataLoader(part, batch_size=batch, shuffle=shuffle, generator=g)
 
 

@@ -35,7 +35,7 @@ def test_strategy_end_to_end(strategy, tmp_path, capsys):
     assert run_cli(str(spec), "--plan", "S", "--threads", "1", "--quiet", "-o", str(out)) == 0
     printed = capsys.readouterr().out
     study = study_of(spec, "S")
-    n = {"grid": 4}.get(strategy, int(PLANS[strategy].split("trials=")[1].split(",")[0].split(")")[0]))
+    n = 4 if strategy == "grid" else int(PLANS[strategy].split("trials=")[1].split(",")[0].split(")")[0])
     assert states(study) == {"COMPLETE": n}
     for t in study.trials:
         assert set(t.params) == {"width", "act"}

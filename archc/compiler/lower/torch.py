@@ -21,6 +21,7 @@ HEADER = """\
 import torch
 from torch import nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from archc.runtime import modules as rt
 """
 _ALIASES = {"torch.nn.functional.": "F.", "torch.nn.": "nn.", "archc.runtime.modules.": "rt."}
@@ -98,6 +99,7 @@ def generate(graph: Graph, source_name: str = "<spec>") -> Generated:
     nodes = graph.nodes()
     lowered: dict[int, Module | Param | Code] = {}
     ties: list[str] = []
+    frozen: list[str] = []  # parameters a plan froze
     supernet = False  # architecture parameters present: the class keeps them apart
     for n in nodes:
         if n.op in ("input", "output"):
@@ -108,6 +110,9 @@ def generate(graph: Graph, source_name: str = "<spec>") -> Generated:
             ensure_container(n.path)
             args = [repr(a) for a in low.args] + [f"{k}={v!r}" for k, v in low.kwargs.items()]
             init.append(_assign(n.path, f"{_target(low.target, env, imports)}({', '.join(args)})"))
+            if n.meta.get("frozen"):
+                for pname in REGISTRY[n.op].params(n.attrs, graph.in_types(n.id)):
+                    frozen.append(f"{_access(n.path)}{'.' + pname if pname else ''}.requires_grad_(False)")
             for attr, target in low.ties.items():
                 owner, _, param = target.rpartition(".")
                 ties.append(f"{_access(n.path)}.{attr} = {_access(owner)}.{param}  # tied weights")
@@ -117,6 +122,8 @@ def generate(graph: Graph, source_name: str = "<spec>") -> Generated:
             if low.scale != 1.0:
                 value = f"{low.scale!r} * {value}"
             init.append(_assign(n.path, f"nn.Parameter({value})"))
+            if n.meta.get("frozen"):
+                frozen.append(f"{_access(n.path)}.requires_grad_(False)")
             supernet = supernet or getattr(REGISTRY[n.op], "is_arch", False)
         elif isinstance(low, Code):
             for name, obj in low.env.items():
@@ -148,9 +155,11 @@ def generate(graph: Graph, source_name: str = "<spec>") -> Generated:
 
     body: list[str] = []
     uses_cache = False
-    for i, n in enumerate(nodes):
-        if n.op in ("input", "output"):
-            continue
+    segments = _segments(nodes)  # node id -> checkpoint segment key
+    seg_of = {nid: key for nid, key in segments.items()}
+
+    def emit(i: int, n, out: list[str], boundary: set | None) -> None:
+        nonlocal uses_cache
         ins = graph.in_values(n.id)
         args = [names[(v.node, v.port)] for v in ins]
         low = lowered[n.id]
@@ -159,7 +168,8 @@ def generate(graph: Graph, source_name: str = "<spec>") -> Generated:
         else:
             template = low.template
             inplace = getattr(REGISTRY[n.op], "inplace_template", None)
-            if inplace and len(ins) == 1 and _may_overwrite(graph, ins[0], keep):
+            if inplace and len(ins) == 1 and _may_overwrite(graph, ins[0], keep) and not (
+                    boundary is not None and ins[0].node not in boundary):
                 template = inplace
         if "{cache}" in template:
             uses_cache = True
@@ -168,13 +178,51 @@ def generate(graph: Graph, source_name: str = "<spec>") -> Generated:
         for k, name in enumerate(outs):
             names[(n.id, k)] = name
         shapes = ", ".join(fmt_shape(t.shape) for t in n.outputs)
-        line = f"{', '.join(outs)} = {expr}  # {shapes}"
+        out.append(f"{', '.join(outs)} = {expr}  # {shapes}")
         dead = sorted({names[(v.node, v.port)] for v in ins
-                       if last_use.get((v.node, v.port)) == i and (v.node, v.port) not in keep})
+                       if last_use.get((v.node, v.port)) == i and (v.node, v.port) not in keep
+                       and (boundary is None or v.node in boundary)})
         dead += [o for k, o in enumerate(outs) if (n.id, k) not in last_use]
-        body.append(line)
         if dead:
-            body.append(" = ".join(dead) + " = None")
+            out.append(" = ".join(dead) + " = None")
+
+    i = 0
+    while i < len(nodes):
+        n = nodes[i]
+        if n.op in ("input", "output"):
+            i += 1
+            continue
+        key = seg_of.get(n.id)
+        if key is None:
+            emit(i, n, body, None)
+            i += 1
+            continue
+        # A checkpointed segment: a local function run under torch.utils.checkpoint.
+        j = i
+        while j < len(nodes) and seg_of.get(nodes[j].id) == key:
+            j += 1
+        members = {m.id for m in nodes[i:j]}
+        seg_in = list(dict.fromkeys((v.node, v.port) for m in nodes[i:j] for v in graph.in_values(m.id)
+                                    if v.node not in members))
+        seg_out = [(m.id, k) for m in nodes[i:j] for k in range(len(m.outputs))
+                   if (m.id, k) in keep or any(c not in members for c, _ in graph.users(m.id, k))]
+        fn = fresh(f"_checkpointed_{key}")
+        outer_in = [names[v] for v in seg_in]
+        inner: list[str] = []
+        for v, nm in zip(seg_in, outer_in):  # the function's parameters shadow the outer names
+            names[v] = nm
+        for k in range(i, j):
+            emit(k, nodes[k], inner, members)
+        results_ = [names[v] for v in seg_out]
+        body.append(f"def {fn}({', '.join(outer_in)}):")
+        body += ["    " + line for line in inner]
+        body.append(f"    return {', '.join(results_)}" + ("," if len(results_) == 1 else ""))
+        body.append(f"{', '.join(results_)}, = torch.utils.checkpoint.checkpoint({fn}, {', '.join(outer_in)}, "
+                    f"use_reentrant=False)  # recomputed in backward")
+        freed = [names[v] for v in seg_in if last_use.get(v, -1) < j and v not in keep]
+        if freed:
+            body.append(" = ".join(freed) + " = None")
+        i = j
 
     results = [names[(graph.in_values(o)[0].node, graph.in_values(o)[0].port)] for o in graph.outputs]
     ret = results[0] if len(results) == 1 else "(" + ", ".join(results) + ",)"
@@ -186,7 +234,7 @@ def generate(graph: Graph, source_name: str = "<spec>") -> Generated:
     lines += ["", "", f"class {class_name}({base}):",
               f"    output_names = {tuple(out_names)!r}", "",
               "    def __init__(self):", "        super().__init__()"]
-    lines += ["        " + s for s in init + ties]
+    lines += ["        " + s for s in init + ties + frozen]
     sig = ", ".join(["self"] + [names[(n.id, 0)] for n in inputs] + (["kv_cache=None"] if uses_cache else []))
     lines += ["", f"    def forward({sig}):"]
     lines += ["        " + s for s in body]
@@ -195,6 +243,16 @@ def generate(graph: Graph, source_name: str = "<spec>") -> Generated:
                   f"            return {', '.join(results)}, kv_cache"]
     lines += [f"        return {ret}", ""]
     return Generated("\n".join(lines), class_name, env)
+
+
+def _segments(nodes) -> dict[int, str]:
+    """Checkpoint segments: node id -> key, from `meta["checkpoint"]` (a segment name)."""
+    out = {}
+    for n in nodes:
+        key = n.meta.get("checkpoint")
+        if key:
+            out[n.id] = _ident(key if isinstance(key, str) else "segment")
+    return out
 
 
 def _may_overwrite(graph: Graph, v, keep) -> bool:

@@ -19,6 +19,7 @@ class NodeCost:
     shared: bool = False
     cache_bytes: int = 0  # key/value cache bytes per token and batch element (causal attention)
     arch: bool = False  # architecture parameters of a supernet, not weights
+    frozen: bool = False  # a plan froze its parameters
 
 
 @dataclass
@@ -32,6 +33,11 @@ class CostReport:
     def params(self) -> int:
         """Weights: what `module.parameters()` holds."""
         return sum(n.params for n in self.nodes if not n.arch)
+
+    @property
+    def trainable(self) -> int:
+        """Weights that train (not frozen by a plan)."""
+        return sum(n.params for n in self.nodes if not n.arch and not n.frozen)
 
     @property
     def arch_params(self) -> int:
@@ -60,7 +66,7 @@ class CostReport:
             "model": self.model,
             "inputs": self.inputs,
             "outputs": self.outputs,
-            "totals": {"params": self.params, "arch_params": self.arch_params, "flops": num(self.flops),
+            "totals": {"params": self.params, "trainable": self.trainable, "arch_params": self.arch_params, "flops": num(self.flops),
                        "kv_cache_bytes_per_token": self.kv_cache_bytes_per_token},
             "nodes": [{"path": n.path, "op": n.op, "shapes": n.shapes, "params": n.params,
                        "flops": num(n.flops), "shared": n.shared} for n in self.nodes],
@@ -85,5 +91,6 @@ def count_cost(graph: Graph) -> CostReport:
         params = 0 if node.shared else sum(math.prod(s) for s in op.params(node.attrs, ins).values())
         report.nodes.append(NodeCost(node.path, node.op, [fmt_shape(t.shape) for t in node.outputs], params,
                                      op.flops(node.attrs, ins, node.outputs), node.shared,
-                                     op.cache_bytes_per_token(node.attrs, ins), op.is_arch))
+                                     op.cache_bytes_per_token(node.attrs, ins), op.is_arch,
+                                     bool(node.meta.get("frozen"))))
     return report

@@ -812,6 +812,8 @@ class Spec:
     input_shape: tuple[int, ...]  # the concrete input, batch included
     values: dict[str, int]  # every symbol's value for the concrete run
     expected: tuple[int, ...]  # the output shape PyTorch must produce
+    # further symbol values and the output shape PyTorch's formulas give for them
+    others: list[tuple[dict[str, int], tuple[int, ...]]] = field(default_factory=list)
 
 
 @st.composite
@@ -885,7 +887,6 @@ def run_and_compare(spec: Spec, graph, values: dict[str, int]) -> torch.nn.Modul
     """Run the built graph on the concrete input; compare every node's shape."""
     module, gen, rec = instrumented(graph)
     module.eval()
-    torch.manual_seed(0)
     x = torch.randn(spec.input_shape)
     with torch.no_grad():
         y = module(x)
@@ -936,7 +937,7 @@ def check_fx(graph, module: torch.nn.Module, spec: Spec, values) -> None:
     assert seen == want
 
 
-def check_spec(spec: Spec) -> None:
+def check_spec(spec: Spec, fx: bool = True) -> None:
     prog = archc.parse(spec.text, "prop.arch")
     concrete = prog.graph(dims=spec.values)  # B (and every other symbol) bound
     symbolic = prog.graph()  # B (and the spatial sizes, if symbolic) left symbolic
@@ -955,8 +956,14 @@ def check_spec(spec: Spec) -> None:
     for graph in (concrete, symbolic):
         module = run_and_compare(spec, graph, spec.values)
         check_weights(graph, module)
-    check_fx(concrete, load(generate(concrete))().eval(), spec, spec.values)
+    if fx:
+        check_fx(concrete, load(generate(concrete))().eval(), spec, spec.values)
     assert prog.check(dims=spec.values).params == count_cost(symbolic).params
+    # The symbolic output shape, at other values of the symbols, is what PyTorch's size
+    # formulas (the generator's copy, checked against a real run above) give.
+    final = symbolic.in_types(symbolic.outputs[0])[0].shape
+    for values, expected in spec.others:
+        assert subs_shape(final, values) == expected, (values, fmt_shape(final))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -984,11 +991,11 @@ def test_inferred_shapes_match_pytorch(spec):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@SETTINGS
+@settings(SETTINGS, max_examples=40)
 @given(specs(symbolic_spatial=True))
 def test_symbolic_spatial_shapes_match_pytorch(spec):
     try:
-        check_spec(spec)
+        check_spec(spec, fx=False)
     except BaseException:
         print(spec.text)
         raise
@@ -997,14 +1004,14 @@ def test_symbolic_spatial_shapes_match_pytorch(spec):
 # -- symbolic lengths through strided layers ----------------------------------------------------
 
 @st.composite
-def length_chains(draw, guard_nested: bool = True) -> Spec:
-    """[B, C, L] with L symbolic through 2-6 strided/transposed convolutions, pools and
+def length_chains(draw, guard_nested: bool = True, lo: int = 2) -> Spec:
+    """[B, C, L] with L symbolic through `lo`-6 strided/transposed convolutions, pools and
     upsamples: the layers that turn a symbol into floor-division atoms and scale them."""
     ctx = Ctx(symbolic_spatial=True, guard_nested=guard_nested)
     length, c = draw(st.integers(3, 24)), draw(st.integers(1, 3))
     shape: Shape = (D(BATCH, Sym.symbol("B")), D.const(c), D(length, Sym.symbol("L")))
     stages = []
-    for _ in range(draw(st.integers(2, 6))):
+    for _ in range(draw(st.integers(lo, 6))):
         gen = draw(st.sampled_from([gen_conv, gen_conv_transpose, gen_pool, gen_upsample]))
         try:
             stage = gen(draw, shape, ctx)
@@ -1014,15 +1021,23 @@ def length_chains(draw, guard_nested: bool = True) -> Spec:
         stages.append(stage)
     text = "model M() {\n    input x: float32[B, %d, L]\n    output y = x%s\n}" % (
         c, arrow(stages) if stages else " -> identity")
-    return Spec(text, (BATCH, c, length), {"B": BATCH, "L": length}, tuple(d.n for d in shape))
+    others = []
+    for other in range(1, 49):  # every other length the chain accepts
+        try:
+            out = apply_all(stages, (D.const(BATCH), D.const(c), D(other, Sym.symbol("L"))))
+        except Invalid:
+            continue
+        others.append(({"B": BATCH, "L": other}, tuple(d.n for d in out)))
+    return Spec(text, (BATCH, c, length), {"B": BATCH, "L": length}, tuple(d.n for d in shape),
+                others)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(length_chains())
 def test_symbolic_length_through_strided_layers(spec):
     try:
-        check_spec(spec)
+        check_spec(spec, fx=False)
     except BaseException:
         print(spec.text, spec.values)
         raise
@@ -1032,8 +1047,8 @@ def test_symbolic_length_through_strided_layers(spec):
                    "`k * atom` (a stride after a transposed conv or an upsample) is re-evaluated "
                    "with the wrong grouping when the symbols are substituted")
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@settings(max_examples=200, deadline=None, derandomize=True, database=None,
+@settings(max_examples=100, deadline=None, derandomize=True, database=None,
           phases=[Phase.generate])  # deterministic, and no shrinking of an expected failure
-@given(length_chains(guard_nested=False))
+@given(length_chains(guard_nested=False, lo=4))
 def test_symbolic_length_through_strided_layers_unguarded(spec):
-    check_spec(spec)
+    check_spec(spec, fx=False)
