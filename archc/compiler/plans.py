@@ -232,6 +232,11 @@ class PlanDirective:
     name: str
     args: Directive
     span: Span | None
+    spans: dict[str, Span] = field(default_factory=dict)  # argument name -> where it is written
+
+    def at(self, arg: str) -> Span | None:
+        """Where an argument is written (the whole directive if it is not)."""
+        return self.spans.get(arg) or self.span
 
 
 @dataclass
@@ -304,7 +309,7 @@ def resolve_plan(decl: A.PlanDecl, evaluate) -> Plan:
                     diags.append(Diagnostic("E0502", f"dimension `{bad[0]}` must be a positive integer",
                                             spans.get(bad[0], call.span)))
                     continue
-            plan.directives.append(PlanDirective(name, args, call.span))
+            plan.directives.append(PlanDirective(name, args, call.span, spans))
     if diags:
         raise CompileError(diags)
     return plan

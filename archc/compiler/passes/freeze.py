@@ -13,13 +13,13 @@ from .apply_plan import plan_pass
 
 @plan_pass("freeze")
 def freeze(graph: Graph, d, plan) -> Graph:
-    for nid in select(graph, d.args.on, d.args.exclude, span=d.span, what="freeze selector").nodes:
+    for nid in select(graph, d.args.on, d.args.exclude, span=d.at("on"), what="freeze selector").nodes:
         graph.node(nid).meta["frozen"] = True
     return graph
 
 
 @plan_pass("unfreeze")
 def unfreeze(graph: Graph, d, plan) -> Graph:
-    for nid in select(graph, d.args.on, d.args.exclude, span=d.span, what="unfreeze selector").nodes:
+    for nid in select(graph, d.args.on, d.args.exclude, span=d.at("on"), what="unfreeze selector").nodes:
         graph.node(nid).meta["frozen"] = False
     return graph

@@ -12,7 +12,7 @@ from .apply_plan import plan_pass
 
 @plan_pass("checkpoint")
 def mark_checkpoints(graph: Graph, d, plan) -> Graph:
-    sel = select(graph, d.args.on, d.args.exclude, span=d.span, what="checkpoint selector")
+    sel = select(graph, d.args.on, d.args.exclude, span=d.at("on"), what="checkpoint selector")
     for n in graph.nodes():
         if n.id in sel.nodes:
             owner = next((m for m in sel.modules if n.path == m or n.path.startswith(m + ".")), n.path)

@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from torch.fx.passes.shape_prop import ShapeProp
 
 import archc
+from archc.compiler.diagnostics import CompileError
 from archc.compiler.dims import Dim, Sym, fmt_shape, subs_shape
 from archc.compiler.lower.torch import Generated, generate, load
 from archc.compiler.ops import REGISTRY, Module
@@ -1052,3 +1053,76 @@ def test_symbolic_length_through_strided_layers(spec):
 @given(length_chains(guard_nested=False, lo=4))
 def test_symbolic_length_through_strided_layers_unguarded(spec):
     check_spec(spec, fx=False)
+
+
+# -- known compiler bugs, minimal specs (see /tmp/shape_issues.md) -------------------------------
+
+def assert_runs_as_inferred(text: str, values: dict[str, int], input_shape: tuple[int, ...]) -> None:
+    """The spec checks, builds, runs, and every node has the shape it was inferred to have."""
+    prog = archc.parse(text, "regression.arch")
+    for graph in (prog.graph(dims=values), prog.graph()):
+        module, _, rec = instrumented(graph)
+        with torch.no_grad():
+            module.eval()(torch.randn(input_shape))
+        assert len(rec) == len(op_nodes(graph))
+        for node, got in zip(op_nodes(graph), rec):
+            want = [subs_shape(t.shape, values) for t in node.outputs]
+            assert [tuple(s) for s in got] == want, node.path
+
+
+@pytest.mark.xfail(strict=True, raises=CompileError, reason="ELAB-1: `[A, B] * N` is rejected (E0206 `*` cannot take "
+                   "a list and an int) although a sequence is a stage")
+def test_repeated_sequence():
+    assert_runs_as_inferred("""
+model M() {
+    input x: float32[B, 4, 8]
+    output y = x -> [relu, conv(4, 1)] * 2
+}""", {"B": 2}, (2, 4, 8))
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError, reason="POOL-1: adaptive pools accept `none` "
+                   "(keep the axis) as a bare size and on 1-D inputs, but lower it as is, which "
+                   "PyTorch rejects")
+@pytest.mark.parametrize("stage, shape", [
+    ("adaptive_avg_pool(none)", (2, 3, 5)),
+    ("adaptive_max_pool([none])", (2, 3, 5)),
+    ("adaptive_avg_pool(none)", (2, 3, 5, 4)),
+])
+def test_adaptive_pool_none(stage, shape):
+    dims = ", ".join(map(str, shape[1:]))
+    assert_runs_as_inferred(f"""
+model M() {{
+    input x: float32[B, {dims}]
+    output y = x -> {stage}
+}}""", {"B": 2}, shape)
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="POOL-2: max_pool accepts padding up "
+                   "to half the dilated kernel; PyTorch allows half the kernel")
+def test_max_pool_padding_with_dilation():
+    assert_runs_as_inferred("""
+model M() {
+    input x: float32[B, 2, 7]
+    output y = x -> max_pool(3, dilation=2, padding=2)
+}""", {"B": 2}, (2, 2, 7))
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="POOL-3: PyTorch's avg_pool3d needs "
+                   "every input axis at least the kernel size even with padding; the compiler "
+                   "accepts it")
+def test_avg_pool_3d_axis_smaller_than_kernel():
+    assert_runs_as_inferred("""
+model M() {
+    input x: float32[B, 1, 3, 4, 1]
+    output y = x -> avg_pool(3, stride=1, padding=1)
+}""", {"B": 2}, (2, 1, 3, 4, 1))
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="DIMS-1: `3 * ((L - 3) // 2)` after a transposed conv "
+                   "prints and re-evaluates as `3 * (L - 3) // 2` inside the next conv's atom")
+def test_symbolic_length_conv_transpose_then_stride():
+    assert_runs_as_inferred("""
+model M() {
+    input x: float32[B, 2, L]
+    output y = x -> conv(2, 3, stride=2) -> conv_transpose(2, 3, stride=3) -> conv(2, 2, stride=2)
+}""", {"B": 2, "L": 8}, (2, 2, 8))
