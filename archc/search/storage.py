@@ -102,8 +102,8 @@ def reap_dead_trials(study: optuna.Study) -> int:
             continue
         if not _alive(int(parts[2])):
             try:
-                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
                 study._storage.set_trial_user_attr(t._trial_id, "archc.failed", "its worker process died")
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
                 n += 1
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass

@@ -69,7 +69,7 @@ def test_a_selector_that_matches_nothing_lists_near_misses():
     with pytest.raises(archc.CompileError) as e:
         archc.parse(SPEC, "m.arch").graph(plan="Typo")
     d = e.value.diagnostics[0]
-    assert d.code == "E0503" and (d.span.line, d.span.column) == (19, 19) and "block:Blk" in d.help
+    assert d.code == "E0503" and (d.span.line, d.span.column) == (19, 16) and "block:Blk" in d.help
 
 
 def test_frozen_parameters_stay_bit_identical_and_get_no_gradient_or_state():
