@@ -62,6 +62,8 @@ def _decisions(args) -> dict:
     out: dict = {"choose": choose} if choose else {}
     if getattr(args, "sample", None) is not None:
         out["sample"] = args.sample
+    if getattr(args, "relax", None):
+        out["relax"] = args.relax
     return out
 
 
@@ -416,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--choose", action="append", metavar="LABEL=VALUE",
                        help="decide a choice of a search space (a candidate as written, or its index)")
         p.add_argument("--sample", type=int, metavar="SEED", help="draw the undecided choices from a seed")
+        p.add_argument("--relax", choices=["darts", "gdas", "pcdarts"],
+                       help="build a search space's supernet: every cell edge and op choice a mixed op")
 
     p = sub.add_parser("check", help="check specs: diagnostics only (never imports torch)")
     common(p, many=True)
