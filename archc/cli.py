@@ -187,6 +187,8 @@ def cmd_build(args) -> int:
     console = Console()
     console.print(summary_table(report, dims))
     console.print(f"{report.model}: {report.params:,} parameters, built as torch.nn.Module")
+    if report.arch_params:
+        console.print(f"architecture parameters (kept apart, `arch_parameters()`): {report.arch_params:,}")
     if report.trainable != report.params:
         console.print(f"trainable: {report.trainable:,} of {report.params:,} "
                       f"({100 * report.trainable / max(1, report.params):.2f}%)")
