@@ -16,6 +16,7 @@ import hashlib
 import os
 import socket
 import threading
+import time
 import warnings
 
 import optuna
@@ -52,10 +53,17 @@ def open_storage(url: str, *, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S
     elif dialect in ("postgresql", "postgres"):
         engine = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                                              grace_period=grace)
+        for attempt in range(5):
+            try:
+                with _creation_lock(url), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
+                                                      grace_period=grace)
+            except Exception as e:  # two workers creating the schema at once: the loser retries
+                text = str(e).lower()
+                if attempt == 4 or not any(k in text for k in ("unique", "already exists", "duplicate")):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except ImportError as e:
         raise StorageError(f"the database driver for `{dialect}` is not installed; "
                            + ("pip install psycopg2-binary" if dialect.startswith("postgres") else
@@ -63,6 +71,31 @@ def open_storage(url: str, *, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S
     except Exception as e:  # sqlalchemy's OperationalError, ArgumentError...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StorageError(first) from e
+
+
+class _creation_lock:
+    """Around creating the tables of a SQLite storage: the study lock's file, taken early."""
+
+    def __init__(self, url: str):
+        path = url.split(":///", 1)[1] if url.lower().startswith("sqlite") and ":///" in url else None
+        self.path = path + ".lock" if path and path != ":memory:" and os.path.isdir(os.path.dirname(path) or ".") \
+            else None
+        self.fd = None
+
+    def __enter__(self):
+        if self.path:
+            import fcntl
+
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
 
 
 def _boot_id() -> str:

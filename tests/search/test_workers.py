@@ -98,7 +98,7 @@ def _two_workers(tmp_path, storage: str | None, strategy: str = "random", trials
     results = []
     for p in procs:
         out, err = p.communicate(timeout=900)
-        assert p.returncode == 0, err
+        assert p.returncode == 0, out + err
         results.append(json.loads(out))
     study = study_of(spec, "W", storage)
     assert states(study) == {"COMPLETE": trials}, states(study)  # no surplus, no failure, none lost

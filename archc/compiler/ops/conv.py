@@ -199,11 +199,21 @@ def _onednn(ctx, cin: int, cout: int, groups: int) -> Footprint:
 
     i, o, w = ctx.in_bytes(0), ctx.out_bytes(0), ctx.param_bytes("weight")
     plain = cin < plain_below or groups > 1
+    need_i, need_w = ctx.requires_grad[0], ctx.weights_grad
+    if ctx.ins[0].dtype in ("bfloat16", "float16"):
+        # half precision: no output padding, but scratchpads that scale with the (padded)
+        # weight: about 2x in the forward, up to 7x for the weight gradient (measured)
+        wp = w * up(cout) // cout * (1 if plain else up(cin)) // (1 if plain else cin)
+        fwd = max(3 * wp + i, 2 * o)
+        p1 = o + wp + i + max(2 * wp, i) if need_i else 0
+        held = i if need_i else 0
+        p2 = held + o + i + 7 * wp if need_w else 0
+        leaves = (i if need_i else 0) + (w if need_w else 0)
+        return Footprint(fwd_peak=fwd, bwd_peak=max(max(p1, p2) - leaves, 0))
     ob = o * up(cout) // cout
     ir = 0 if plain else i * up(cin) // cin
     wb = w * up(cout) // cout * (1 if plain else up(cin)) // (1 if plain else cin)
     fwd = max(ir + wb + ob, ob + o) - o
-    need_i, need_w = ctx.requires_grad[0], ctx.weights_grad
     ib = i * up(cin) // cin
     wbd = w * up(cout) // cout * up(cin) // cin
     p1 = ob + wbd + ib if need_i else 0

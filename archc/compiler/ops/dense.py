@@ -68,9 +68,12 @@ class Linear(Op):
         return out
 
     def footprint(self, a, ins, outs, ctx):
-        if self._folds(ins, ctx) or ctx.weights_grad:
-            return Footprint()
-        return Footprint(fwd_peak=ctx.in_bytes(0))  # the copy lives only during the product
+        copy = 0 if self._folds(ins, ctx) or ctx.weights_grad else ctx.in_bytes(0)  # a copy for the product
+        if ctx.device is not None and ctx.device.kind == "cpu" and ins[0].dtype in ("bfloat16", "float16"):
+            # oneDNN's half-precision GEMM packs its operands into scratch buffers (measured:
+            # up to the output's size forward, the larger operand's size backward)
+            return Footprint(fwd_peak=copy + ctx.out_bytes(0), bwd_peak=max(ctx.in_bytes(0), ctx.out_bytes(0)))
+        return Footprint(fwd_peak=copy)
 
 
 class EmbeddingAttrs(Attrs):

@@ -155,6 +155,9 @@ class Matmul(Op):
         views = self._operands(ins, ctx)
         # copies nobody keeps live only during the product
         tmp = sum(ctx.in_bytes(i) for i in range(2) if not views[i] and not rg[1 - i])
+        if ctx.device is not None and ctx.device.kind == "cpu" and ins[0].dtype in ("bfloat16", "float16"):
+            big = max(ctx.in_bytes(0), ctx.in_bytes(1), ctx.out_bytes(0))
+            return Footprint(fwd_peak=tmp + ctx.out_bytes(0), bwd_peak=big)  # oneDNN's packing buffers
         return Footprint(fwd_peak=tmp)
 
 
