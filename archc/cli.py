@@ -39,9 +39,14 @@ def _value(text: str):
     try:
         tree = parse(f"let __value = {text}", "<--set>")
         (decl,) = tree.decls
-        return Elaborator(Resolved("<--set>")).eval(decl.value, Scope("", "--set", ()))
     except (CompileError, ValueError):
-        return text
+        return text  # not an expression: a string
+    try:
+        return Elaborator(Resolved("<--set>")).eval(decl.value, Scope("", "--set", ()))
+    except CompileError as e:
+        if e.diagnostics[0].code == "E0201":  # a bare word: a string
+            return text
+        raise SystemExit(_usage(f"--set value `{text}`: {e.diagnostics[0].message}"))
 
 
 def _dims(items) -> dict[str, int]:
@@ -477,7 +482,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(fn=cmd_search)
 
-    args = ap.parse_args(argv)
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:  # argparse's usage errors: exit status 2, also when called in-process
+        return int(e.code) if isinstance(e.code, int) else 2
     try:
         return args.fn(args)
     except SystemExit as e:

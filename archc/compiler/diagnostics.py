@@ -103,7 +103,7 @@ class Diagnostic:
             width = len(str(sp.end_line if sp.end_line else sp.line))
             out.append(f"{' ' * width}--> {sp}")
             text = _source_text(sp.file, sources)
-            lines = text.splitlines() if text is not None else []
+            lines = source_lines(text) if text is not None else []
             if 1 <= sp.line <= len(lines):
                 src = lines[sp.line - 1].expandtabs(1)
                 gutter = f"{sp.line:>{width}} | "
@@ -136,6 +136,16 @@ class Diagnostic:
             "notes": list(self.notes),
             "help": self.help,
         }
+
+
+def source_lines(text: str) -> list[str]:
+    """Lines as the lexer counts them: split on "\n" only (a form feed or U+2028 is not a line break)."""
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
+
+
+def show_char(ch: str) -> str:
+    """A character for a message: control and invisible characters by code point."""
+    return ch if ch.isprintable() and not ch.isspace() else f"U+{ord(ch):04X}"
 
 
 _SOURCE_CACHE: dict[str, str] = {}
@@ -178,3 +188,31 @@ def did_you_mean(name: str, candidates) -> str | None:
     if not close:
         return None
     return "did you mean " + " or ".join(f"`{c}`" for c in close) + "?"
+
+
+RECURSION_LIMIT = 20_000  # Python frames; expressions nest far less deeply in any real spec
+
+
+class deep_recursion:
+    """Raise Python's recursion limit for the compiler's recursive walks, and turn
+    a RecursionError into error E0402 at `span_of()` (the place being worked on)."""
+
+    def __init__(self, span_of=lambda: None, what: str = "this expression"):
+        self.span_of, self.what = span_of, what
+
+    def __enter__(self):
+        import sys
+
+        self.old = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(self.old, RECURSION_LIMIT))
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        import sys
+
+        sys.setrecursionlimit(self.old)
+        if kind is RecursionError:
+            raise CompileError(Diagnostic("E0402", f"{self.what} nests too deeply to compile", self.span_of(),
+                                          help="split it into named parts (`let` or assignments)")) from None
+        return False
+

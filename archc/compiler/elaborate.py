@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..grammar import ast as A
-from .diagnostics import CompileError, Diagnostic, Span, did_you_mean
+from .diagnostics import CompileError, Diagnostic, Span, deep_recursion, did_you_mean
 from .dims import NotStatic, Sym, fmt_shape
 from .ir import CallSite, Graph, TensorType, Value
 from .ops import REGISTRY, ShapeError
@@ -68,7 +68,8 @@ class ModuleRef:
     """A labelled module, reused with shared weights."""
 
     path: str
-    node: int  # the node that created it
+    node: int  # the node that created it (-1 for a block instance or sequence)
+    stage: Any = None  # for a block instance or sequence: the stage to apply again
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class Scope:
     labels: dict[str, ModuleRef] = field(default_factory=dict)
     outputs: list[tuple[str, Any]] = field(default_factory=list)
     inputs: list | None = None  # tensors bound to `input` statements when used as a block
+    declared_inputs: set = field(default_factory=set)
     is_top: bool = False
 
     def path(self, name: str) -> str:
@@ -163,12 +165,20 @@ class Scope:
 
 
 def _rank_note(scope: Scope) -> list[str]:
+    """The chain of block calls, innermost first; a long chain keeps its ends."""
     notes = []
     for site in reversed(scope.calls):
-        where = f" at `{site.path}`" if site.path else ""
+        where = f" at `{_short_path(site.path)}`" if site.path else ""
         frm = f", called from {site.span}" if site.span else ""
         notes.append(f"in block {site.block}{where}{frm}")
+    if len(notes) > 6:
+        hidden = len(notes) - 4
+        notes = notes[:2] + [f"... {hidden} more block calls"] + notes[-2:]
     return notes
+
+
+def _short_path(path: str) -> str:
+    return path if len(path) <= 80 else path[:36] + " ... " + path[-36:]
 
 
 # -- the elaborator --------------------------------------------------------------
@@ -181,6 +191,9 @@ class Elaborator:
         self._lets: dict[str, Any] = {}
         self._lets_busy: set[str] = set()
         self.used_paths: dict[str, int] = {}
+        self._modules: dict = {}  # module path -> the node that created it
+        self._sharing = False  # re-applying a labelled block or sequence: its modules are reused
+        self._at: Span | None = None  # the expression being evaluated
         self.symbols: set[str] = set()  # names declared as dimensions in input types
         self.decider: Decider | None = None
         self.relax: str | None = None  # "darts" | "gdas" | "pcdarts": build a supernet
@@ -199,9 +212,10 @@ class Elaborator:
                                           ("models here: " + ", ".join(models) if models else None)))
         self.graph = Graph(model)
         scope = Scope(prefix="", block=model, calls=(), is_top=True)
-        self._bind_params(decl, scope, [], list((args or {}).items()), kw_spans={}, call_span=span,
-                          from_cli=True)
-        self._run_body(decl, scope)
+        with deep_recursion(lambda: self._at, "this expression"):
+            self._bind_params(decl, scope, [], list((args or {}).items()), kw_spans={}, call_span=span,
+                              from_cli=True)
+            self._run_body(decl, scope)
         if not self.graph.outputs:
             raise CompileError(Diagnostic("E0212", f"model `{model}` has no `output`", decl.name_span,
                                           help="name its results: `output logits = ...`"))
@@ -315,6 +329,9 @@ class Elaborator:
             v = self.eval(s.value, scope)
             if not isinstance(v, Value):
                 raise self.err("E0212", f"output `{s.name}` must be a tensor, got {kind_of(v)}", s.value.span, scope)
+            if any(n == s.name for n, _ in scope.outputs):
+                raise self.err("E0212", f"output `{s.name}` is declared twice", s.span, scope,
+                               help="give each output its own name")
             scope.vars[s.name] = v
             scope.outputs.append((s.name, v))
             if scope.is_top:
@@ -347,6 +364,10 @@ class Elaborator:
                            help="bind the symbol with `--dim`, or make the decision on hyperparameters")
 
     def _input(self, s: A.Input, scope: Scope) -> None:
+        if s.name in scope.declared_inputs:
+            raise self.err("E0212", f"input `{s.name}` is declared twice", s.span, scope,
+                           help="give each input its own name")
+        scope.declared_inputs.add(s.name)
         t = self._tensor_type(s.type, scope)
         if scope.is_top:
             node = self.graph.add("input", _io_attrs(s.name), [], [t], s.name, s.span)
@@ -385,6 +406,7 @@ class Elaborator:
 
     # -- expressions ------------------------------------------------------------
     def eval(self, e, scope: Scope, symbols: bool = False):
+        self._at = e.span or self._at  # where a too-deep recursion is reported
         method = getattr(self, "_e_" + type(e).__name__)
         return method(e, scope, symbols) if method.__code__.co_argcount == 4 else method(e, scope)
 
@@ -498,20 +520,30 @@ class Elaborator:
             return _arith(op, a, b)
         except ZeroDivisionError:
             raise self.err("E0210", "division by zero", e.span, scope)
+        except OverflowError:
+            raise self.err("E0210", f"`{op}` overflows: the result is too large", e.span, scope)
         except NotStatic as ex:
             raise self.err("E0213", f"cannot decide this at compile time: {ex}", e.span, scope)
-        except (TypeError, ValueError, OverflowError):
+        except (TypeError, ValueError):
             raise self.err("E0206", f"`{op}` cannot take {kind_of(a)} and {kind_of(b)}", e.span, scope)
 
     def _tensor_binop(self, op, a, b, e, scope):
         if isinstance(a, STAGE_TYPES) or isinstance(b, STAGE_TYPES):
+            stage, other = (e.left, e.right) if isinstance(a, STAGE_TYPES) else (e.right, e.left)
             raise self.err("E0004", f"`{op}` between an op and a tensor", e.span, scope,
                            label="this is part of a pipeline stage",
-                           help="`->` binds loosest: write `(x -> conv(64, 3)) " + op + " x`")
+                           help=f"`->` binds loosest: write `(... -> {_source_of(stage)}) {op} {_source_of(other)}`")
         names = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}
         if isinstance(a, Value) and isinstance(b, Value):
             if op not in names:
                 raise self.err("E0206", f"`{op}` does not apply to tensors", e.span, scope)
+            try:
+                REGISTRY[names[op]].infer(REGISTRY[names[op]].Attrs(), [a.type, b.type])
+            except ShapeError as ex:
+                if ex.code == "E0301" and op in "+-":
+                    raise self.err("E0301", f"shape mismatch in `{op}`: {a.type} vs {b.type}", e.span, scope,
+                                   label=f"left is {a.type}, right is {b.type}",
+                                   help="project the skip path, or write `@residual` to have one inserted")
             return self._apply_op(REGISTRY[names[op]], {}, [a, b], e.span, scope)
         t, other, tensor_left = (a, b, True) if isinstance(a, Value) else (b, a, False)
         if not (isinstance(other, (int, float)) and not isinstance(other, bool)):
@@ -823,7 +855,12 @@ class Elaborator:
             if not _is_tensors(v):
                 raise self.err("E0206", f"a pipeline feeds tensors, but this is {kind_of(v)}",
                                e.head.span, scope)
-            st = self.eval(stage, scope)
+            try:
+                st = self.eval(stage, scope)
+            except CompileError as ex:
+                if ex.diagnostics[0].code == "E0004" and isinstance(stage, A.BinOp):
+                    ex.diagnostics[0].help = _precedence_hint(e, stage) or ex.diagnostics[0].help
+                raise
             v = self.apply(st, list(v) if isinstance(v, tuple) else [v], scope, stage.span)
         return v
 
@@ -846,17 +883,21 @@ class Elaborator:
             return self.apply(st.stage, inputs, scope, st.span or span, label=st.label)
         if isinstance(st, OpRef):
             name = label or self._fresh(scope, st.name)
-            self._claim(scope, name, st.span or span)
+            self._claim(scope, name, span if label else st.span or span)
             if isinstance(st.callee, Op):
                 v = self._apply_op(st.callee, st, inputs, st.span or span, scope, name=name)
             else:
                 v = self._call_block(st, inputs, scope, name, st.span or span)
+                if label and not self._sharing:
+                    scope.labels.setdefault(label, ModuleRef(scope.path(name), -1, st))
             return v
         if isinstance(st, list):
             return self._sequence(st, inputs, scope, span, label)
         if isinstance(st, Repeat):
             if label is not None:
                 return self._sequence([st], inputs, scope, span, label)
+            if st.count == 0:  # no copies: the identity, as an empty nn.Sequential
+                return inputs[0] if len(inputs) == 1 else tuple(inputs)
             v = inputs
             for _ in range(st.count):
                 v = self.apply(st.stage, v if isinstance(v, list) else [v], scope, span)
@@ -885,11 +926,16 @@ class Elaborator:
         """The next unused `{base}_{k}` name in this scope."""
         while True:
             name = scope.fresh(base)
-            if scope.path(name) not in self.used_paths:
+            if self._sharing or scope.path(name) not in self.used_paths:
                 return name
 
     def _claim(self, scope: Scope, name: str, span) -> None:
         path = scope.path(name)
+        if self._sharing:
+            if path not in self.used_paths:
+                raise self.err("E0301", f"reusing a module made a new module at `{path}`", span, scope,
+                               help="a reused block must create the same modules each time")
+            return
         if path in self.used_paths:
             raise self.err("E0211", f"label `{name}` is already used in this scope", span, scope,
                            help=f"to share its weights write `-> {name}`; otherwise choose another label")
@@ -899,6 +945,8 @@ class Elaborator:
         name = label or self._fresh(scope, "seq")
         self._claim(scope, name, span)
         path = scope.path(name)
+        if label and not self._sharing and not label.isdigit():
+            scope.labels.setdefault(label, ModuleRef(path, -1, list(stages)))
         self.graph.containers[path] = "seq"
         child = Scope(prefix=path, block=scope.block, calls=scope.calls, vars=scope.vars)
         v = inputs
@@ -911,18 +959,34 @@ class Elaborator:
         return v[0] if isinstance(v, list) and len(v) == 1 else v
 
     def _reuse(self, ref: ModuleRef, inputs, scope, span):
+        if ref.stage is not None:  # a labelled block instance or sequence: apply it again, sharing weights
+            outer = self._sharing
+            self._sharing = True
+            try:
+                leaf = ref.path.rsplit(".", 1)[-1]
+                return self.apply(ref.stage, inputs, scope, span, label=leaf)
+            finally:
+                self._sharing = outer
         owner = self.graph.node(ref.node)
+        self._check_shared(owner, inputs, span, scope, ref.path)
+        return self._add_node(REGISTRY[owner.op], owner.attrs, inputs, span, scope, ref.path, shared=True)
+
+    def _check_shared(self, owner, inputs, span, scope, path) -> None:
+        """A module used again must get inputs its weights fit."""
         op = REGISTRY[owner.op]
         in_types = [v.type for v in inputs]
         old_types = self.graph.in_types(owner.id)
-        if op.params(owner.attrs, in_types) != op.params(owner.attrs, old_types):
-            leaf = ref.path.rsplit(".", 1)[-1]
-            raise self.err("E0301", f"`{ref.path}` is reused on {fmt_types(in_types)}, but its weights were made "
+        try:
+            fits = op.params(owner.attrs, in_types) == op.params(owner.attrs, old_types)
+        except ShapeError:
+            fits = False
+        if not fits:
+            leaf = path.rsplit(".", 1)[-1]
+            raise self.err("E0301", f"`{path}` is reused on {fmt_types(in_types)}, but its weights were made "
                            f"for {fmt_types(old_types)}", span, scope,
                            help=f"`{leaf}` here is the module labelled `{leaf}`, reused with shared weights; "
                            f"for a fresh `{leaf}` op write `{leaf}()`" if leaf in REGISTRY or leaf in self.prog.blocks
                            else None)
-        return self._add_node(op, owner.attrs, inputs, span, scope, ref.path, shared=True)
 
     def _annotated(self, st: Annotated, inputs, scope, span, label):
         # `@checkpoint` marks the nodes a stage creates; `@residual` adds its input back.
@@ -1037,6 +1101,12 @@ class Elaborator:
                                help="tied weights must have the same shape")
 
     def _add_node(self, op: Op, attrs, inputs, span, scope, path, shared=False):
+        if self._sharing and not shared and op.has_weights(attrs, [v.type for v in inputs]):
+            owner = self._modules.get(path)
+            if owner is None or owner.op != op.name:
+                raise self.err("E0301", f"reusing a module made a new module at `{path}`", span, scope)
+            self._check_shared(owner, inputs, span, scope, path)
+            shared = True
         in_types = [v.type for v in inputs]
         try:
             outs = op.infer(attrs, in_types)
@@ -1051,6 +1121,8 @@ class Elaborator:
         if len(self.graph) >= MAX_NODES:
             raise self.err("E0401", f"the graph has more than {MAX_NODES} nodes", span, scope)
         node = self.graph.add(op.name, attrs, inputs, outs, path, span, scope.calls, shared)
+        if not shared:
+            self._modules.setdefault(path, node)
         leaf = path.rsplit(".", 1)[-1]
         if not shared and not leaf.isdigit():
             scope.labels.setdefault(leaf, ModuleRef(path, node.id))
@@ -1082,13 +1154,18 @@ class Elaborator:
             return op.Attrs(**values)
         except ValidationError as ex:
             first = ex.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"])
-            kspan = next((s for k, _, s in kwargs if k == first["loc"][0]), span) if first["loc"] else span
+            loc = str(first["loc"][0]) if first["loc"] else ""
+            kspan = next((s for k, _, s in kwargs if k == loc), span)
             code = "E0204" if first["type"] == "missing" else "E0207"
-            msg = (f"`{op.name}` needs `{loc}`" if code == "E0204"
-                   else f"invalid `{loc}` for `{op.name}`: {first['msg']}")
-            raise self.err(code, msg, kspan, scope,
-                           help=f"its arguments: {', '.join(fields)}")
+            if code == "E0204":
+                msg, hint = f"`{op.name}` needs `{loc}`", f"its arguments: {', '.join(fields)}"
+            else:
+                branches = [er for er in ex.errors() if er["loc"] and er["loc"][0] == loc]
+                msg = f"invalid `{loc}` for `{op.name}`: " + (
+                    first["msg"] if len(branches) == 1 else f"{values.get(loc)!r} is not accepted")
+                hint = f"`{loc}` takes {_describe_type(op.Attrs.model_fields[loc].annotation)}" \
+                    if loc in op.Attrs.model_fields else f"its arguments: {', '.join(fields)}"
+            raise self.err(code, msg, kspan, scope, help=hint)
 
 
 @dataclass(frozen=True)
@@ -1133,6 +1210,33 @@ def _ident_path(label: str) -> str:
     import re
 
     return re.sub(r"\W", "_", label)
+
+
+def _precedence_hint(pipe: A.Pipeline, stage: A.BinOp) -> str | None:
+    """`x -> conv(64, 3) + x` -> "write `(x -> conv(64, 3)) + x`", quoting the user's text."""
+    a, b = pipe.span, stage.left.span
+    if not a or not b or a.line != b.end_line:
+        return None
+    from .diagnostics import _source_text, source_lines
+
+    text = _source_text(a.file, None)
+    if text is None:
+        return None
+    line = source_lines(text)[a.line - 1]
+    return (f"`->` binds loosest: write `({line[a.column - 1:b.end_column - 1]}) {stage.op} "
+            f"{_source_of(stage.right)}`")
+
+
+def _describe_type(annotation) -> str:
+    """`int | tuple[int, ...] | Literal['same']` -> readable words."""
+    import re
+
+    if isinstance(annotation, type):
+        return {"int": "an int", "float": "a number", "bool": "true or false", "str": "a string"}.get(
+            annotation.__name__, annotation.__name__)
+    text = str(annotation).replace("typing.", "")
+    text = re.sub(r"Literal\[([^\]]*)\]", r"\1", text)
+    return text.replace("NoneType", "none").replace("'", '"')
 
 
 def _common_prefix(paths: list[str]) -> str:

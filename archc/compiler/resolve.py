@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..grammar import ast as A
 from ..grammar.parser import parse
-from .diagnostics import CompileError, Diagnostic, Span, did_you_mean
+from .diagnostics import CompileError, Diagnostic, Span, deep_recursion, did_you_mean
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 BUILTINS = ("range", "len", "min", "max", "abs", "choice", "cell")
@@ -117,13 +117,28 @@ def _import(prog: Program, imp: A.Import, base: Path, stack: list[str], errors: 
 def check_names(prog: Program, op_names, files: list[str] | None = None) -> list[Diagnostic]:
     """Unknown names in every block and model body (flow-insensitive)."""
     globals_ = set(prog.lets) | set(prog.blocks) | set(op_names) | set(BUILTINS)
+    with deep_recursion():
+        return _check_names(prog, op_names, files)
+
+
+def _check_names(prog: Program, op_names, files) -> list[Diagnostic]:
+    globals_ = set(prog.lets) | set(prog.blocks) | set(op_names) | set(BUILTINS)
     diags: list[Diagnostic] = []
+    for let in prog.lets.values():  # every let is checked, used or not
+        if files is None or (let.span and let.span.file in files):
+            _walk_names(let.value, globals_, diags)
     # Names used as dimensions in any input type are symbols everywhere.
     symbols = {n.id for d in prog.blocks.values() for t in _find(d.body, A.TensorTypeExpr)
                for x in t.dims for n in _find(x, A.Name)}
     for decl in prog.blocks.values():
         if files is not None and (decl.span is None or decl.span.file not in files):
             continue
+        seen: set[str] = set()
+        for p in decl.params:
+            if p.name in seen:
+                diags.append(Diagnostic("E0103", f"parameter `{p.name}` is declared twice", p.span,
+                                        help="give each parameter its own name"))
+            seen.add(p.name)
         bound = {p.name for p in decl.params} | _bound_in(decl.body) | symbols
         visible = globals_ | bound
         for p in decl.params:

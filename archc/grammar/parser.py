@@ -8,7 +8,8 @@ from pathlib import Path
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from ..compiler.diagnostics import CompileError, Diagnostic, Span, register_source
+from ..compiler.diagnostics import (CompileError, Diagnostic, Span, deep_recursion, register_source, show_char,
+                                    source_lines)
 from . import ast as A
 
 GRAMMAR = Path(__file__).with_name("arch.lark")
@@ -312,11 +313,19 @@ def _expected_words(expected) -> str:
         # Everything that can start an expression: say so in one word.
         words.append("an expression")
         expected -= {"NAME", "NUMBER", "STRING", "LPAR", "LSQB", "MINUS", "NOT", "TRUE", "FALSE", "NONE", "AT"}
-    for name in sorted(expected):
+    expected.discard("$END") if len(expected) > 1 else None
+    first = {"->": 0, "_NL": 1, "}": 2, ")": 3, "]": 4, ",": 5}  # the likeliest fixes come first
+    ranked = []
+    for name in expected:
         if name in _WORDS:
-            words.append(_WORDS[name])
+            word, key = _WORDS[name], first.get(name, 9)
         elif name in terms and terms[name].pattern.type == "str":
-            words.append(f"`{terms[name].pattern.value}`")
+            value = terms[name].pattern.value
+            word, key = f"`{value}`", first.get(value, 9)
+        else:
+            continue
+        ranked.append((key, word))
+    words += [w for _, w in sorted(ranked)]
     words = list(dict.fromkeys(words))
     if not words:
         return ""
@@ -329,7 +338,7 @@ def _syntax_diagnostic(e: UnexpectedInput, file: str, text: str) -> Diagnostic:
     line = getattr(e, "line", 1) or 1
     col = getattr(e, "column", 1) or 1
     if isinstance(e, UnexpectedCharacters):
-        src_lines = text.splitlines()
+        src_lines = source_lines(text)
         src = src_lines[line - 1] if 0 < line <= len(src_lines) else ""
         ch = src[col - 1] if 0 < col <= len(src) else ""
         span = Span(file, line, col, line, col + 1)
@@ -340,12 +349,19 @@ def _syntax_diagnostic(e: UnexpectedInput, file: str, text: str) -> Diagnostic:
         if ch.isdigit():
             return Diagnostic("E0005", "invalid number", span, label="not a number",
                               help="numbers look like `64`, `1_000`, `3e-4`, `3.5M` or `8GiB`")
-        return Diagnostic("E0002", f"unexpected character `{ch}`", span, label="not part of the language",
+        return Diagnostic("E0002", f"unexpected character `{show_char(ch)}`", span, label="not part of the language",
                           help=hint)
     tok = getattr(e, "token", None)
-    expected = _expected_words(getattr(e, "expected", ()) or getattr(e, "accepts", ()) or ())
+    accepts = None
+    ip = getattr(e, "interactive_parser", None)
+    if ip is not None:
+        try:  # what really fits here; LALR's merged lookaheads may list more
+            accepts = ip.accepts()
+        except Exception:  # noqa: BLE001 - a best effort; fall back to the lookaheads
+            accepts = None
+    expected = _expected_words(accepts or getattr(e, "expected", ()) or getattr(e, "accepts", ()) or ())
     if tok is None or tok.type == "$END":
-        lines = text.splitlines() or [""]
+        lines = source_lines(text.rstrip("\n")) or [""]
         span = Span(file, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
         return Diagnostic("E0003", "unexpected end of file", span, label=expected,
                           help="a `{`, `(` or `[` may be missing its closing bracket")
@@ -360,8 +376,14 @@ def _syntax_diagnostic(e: UnexpectedInput, file: str, text: str) -> Diagnostic:
 
 
 def _parse_one(text: str, file: str) -> A.File:
-    tree = _lark().parse(text)
-    return _ToAst(file).transform(tree)
+    def where():
+        lines = source_lines(text)
+        longest = max(range(len(lines)), key=lambda i: len(lines[i])) if lines else 0
+        return Span(file, longest + 1, 1, longest + 1, len(lines[longest]) + 1 if lines else 2)
+
+    with deep_recursion(where, "an expression on this line"):
+        tree = _lark().parse(text)
+        return _ToAst(file).transform(tree)
 
 
 # In text that parsed, a `"` outside comments starts a string and a `#` outside
@@ -393,7 +415,9 @@ def parse(text: str | bytes, filename: str = "<string>") -> A.File:
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
             line = text[: e.start].count(b"\n") + 1
-            col = e.start - (text.rfind(b"\n", 0, e.start) + 1) + 1
+            line_start = text.rfind(b"\n", 0, e.start) + 1
+            col = len(text[line_start:e.start].decode("utf-8", "replace")) + 1  # characters, not bytes
+            register_source(filename, text.decode("utf-8", "replace"))
             raise CompileError(Diagnostic("E0006", "file is not valid UTF-8", Span(filename, line, col, line, col + 1),
                                           label=f"byte 0x{text[e.start]:02x} here",
                                           help="save the file as UTF-8"))

@@ -337,5 +337,5 @@ def static_int(d: Dim, what: str) -> int:
     """A dimension that must be a known integer (a layer's input width)."""
     if isinstance(d, int):
         return d
-    raise ShapeError("E0303", f"{what} must be a known size, but it is `{d}`",
+    raise ShapeError("E0213", f"{what} must be a known size, but it is `{d}`",
                      help="bind the symbol with `--dim` or give the input a concrete size")
