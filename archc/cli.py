@@ -197,9 +197,128 @@ def cmd_build(args) -> int:
     if report.trainable != report.params:
         console.print(f"trainable: {report.trainable:,} of {report.params:,} "
                       f"({100 * report.trainable / max(1, report.params):.2f}%)")
+    console.print(_memory_line(prog, graph, args.plan, dims))
     if written:
         console.print(f"wrote {written}")
     return 0
+
+
+def _memory_line(prog, graph, plan_name, dims) -> str:
+    """One line of `archc mem` for `archc build`: the training step's peak and its parts."""
+    from .compiler.dims import Sym
+    from .compiler.passes.estimate_memory import estimate_memory
+
+    try:
+        plan = prog.plan(plan_name) if plan_name else None
+        if plan is not None and plan.kind not in ("train", "finetune"):
+            plan = None
+        free = sorted({s for i in graph.inputs for d in graph.node(i).outputs[0].shape
+                       if isinstance(d, Sym) for s in d.symbols()} - set(dims) - set(plan.dims() if plan else {}))
+        r = estimate_memory(graph, plan, dims={**{k: 1 for k in free}, **dims}, solve=False)
+    except CompileError as e:
+        return f"memory: not estimated ({e.diagnostics[0].message})"
+    at = ", ".join(f"{k}={v}" for k, v in r.dims.items())
+    return (f"memory ({r.mode}, {r.settings.precision}, {r.device.name}{', ' + at if at else ''}): peak "
+            f"{_bytes(r.peak)} = parameters {_bytes(r.parameters)}, gradients {_bytes(r.gradients)}, optimizer "
+            f"{_bytes(r.optimizer)}, activations {_bytes(r.activations)} and the rest (`archc mem` for more)")
+
+
+def _bytes(n) -> str:
+    if n is None:
+        return "-"
+    n = int(n)
+    for unit, scale in (("TiB", 1024 ** 4), ("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def cmd_mem(args) -> int:
+    from . import api
+    from .compiler.passes.estimate_memory import estimate_memory
+
+    settings = dict((k, _value(v)) for k, v in _pairs(args.set, "--set"))
+    dims = _dims(args.dim)
+    try:
+        prog = api.load(args.file)
+        plan = prog.plan(args.plan) if args.plan else None
+        model = plan.model if plan is not None else args.model
+        margs = {**(plan.args if plan is not None else {}), **settings}
+        try:  # symbolic sizes let the estimate solve for the largest batch and context
+            graph = prog.graph(model, args=margs)
+        except CompileError:
+            graph = prog.graph(model, plan=plan, dims=dims, args=settings)
+        report = estimate_memory(graph, plan, dims=dims, device=args.device,
+                                 training=False if args.inference else None, attention=args.attention)
+    except CompileError as e:
+        _print_diagnostics(e.diagnostics, args.json)
+        return 1
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    _print_memory(report, args.top)
+    return 0
+
+
+def _print_memory(r, top: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    s = r.settings
+    dims = ", ".join(f"{k}={v}" for k, v in r.dims.items())
+    head = (f"{r.model}: {r.mode} on {r.device.name}, {s.precision}"
+            + (f", {s.optimizer}" if r.mode == "training" else "")
+            + (f", {s.shard} over {s.gpus} GPUs" if s.shard != "none" else "")
+            + (f", accumulate {s.accumulate}" if s.accumulate > 1 else "")
+            + (f", {len(s.checkpoint)} checkpointed segment(s)" if s.checkpoint else "")
+            + (f"  [{dims}]" if dims else ""))
+    console.print(head)
+
+    def table(title, rows):
+        t = Table(title=title, header_style="bold")
+        t.add_column("path", no_wrap=True)
+        t.add_column("op", no_wrap=True)
+        for col in ("weights+grads+opt", "saved", "workspace", "total"):
+            t.add_column(col, justify="right", no_wrap=True)
+        for n in rows:
+            t.add_row(n.path, n.op, _bytes(n.params + n.gradients + n.optimizer), _bytes(n.saved),
+                      _bytes(n.workspace), _bytes(n.total))
+        console.print(t)
+
+    table("largest blocks", [b for _, b in r.blocks()[:top]])
+    table("largest ops", r.nodes[:top])
+    console.print(f"parameters  {_bytes(r.parameters):>12}   ({r.params_count:,}, trainable {r.trainable_count:,})")
+    console.print(f"buffers     {_bytes(r.buffers):>12}")
+    if r.mode == "training":
+        console.print(f"gradients   {_bytes(r.gradients):>12}")
+        console.print(f"optimizer   {_bytes(r.optimizer):>12}")
+        if r.master:
+            console.print(f"master      {_bytes(r.master):>12}")
+        console.print(f"activations {_bytes(r.activations):>12}   (saved for backward)")
+    console.print(f"inputs      {_bytes(r.inputs):>12}")
+    console.print(f"peak        {_bytes(r.peak):>12}   at {r.peak_at}")
+    parts = ", ".join(f"{k} {_bytes(v)}" for k, v in sorted(r.peak_parts.items(), key=lambda kv: -kv[1]))
+    console.print(f"            made of {parts}")
+    if r.kv_cache:
+        console.print(f"KV cache    {_bytes(r.kv_cache):>12}   (decoding at the plan's batch and context)")
+    if r.budget is None:
+        console.print("fits        no fixed budget on this device (name a GPU with `device(...)` or --device)")
+    else:
+        verdict = "yes" if r.fits else "NO"
+        console.print(f"fits        {verdict}: {_bytes(r.peak)} of {_bytes(r.budget)} usable "
+                      f"({_bytes(r.device.memory)} less {_bytes(r.device.context_bytes)} CUDA context)")
+    if r.per_sample is not None:
+        console.print(f"per sample  {_bytes(r.per_sample):>12}   (+ {_bytes(r.fixed)} fixed, at the peak)")
+    if r.max_batch is not None:
+        console.print(f"largest {r.batch_symbol:<4}{r.max_batch:>12,}   that fits"
+                      + (f" (x {s.accumulate} accumulated)" if s.accumulate > 1 else ""))
+    if r.max_context is not None:
+        cap = f", capped by the model's {r.context_cap} positions" if r.context_cap == r.max_context else ""
+        console.print(f"largest {r.context_symbol:<4}{r.max_context:>12,}   that fits at {r.batch_symbol}="
+                      f"{r.dims.get(r.batch_symbol)}{cap}")
+    for a in r.assumptions:
+        console.print(f"assumes: {a}", style="dim")
 
 
 def cmd_render(args) -> int:
@@ -214,7 +333,14 @@ def cmd_render(args) -> int:
     except CompileError as e:
         _print_diagnostics(e.diagnostics, False)
         return 1
-    dot = render(graph)
+    color_by = None
+    if getattr(args, "color", None) == "memory":
+        try:
+            color_by = _memory_colours(prog, graph, args.plan, _dims(args.dim))
+        except CompileError as e:
+            _print_diagnostics(e.diagnostics, False)
+            return 1
+    dot = render(graph, color_by=color_by)
     out = Path(args.output or Path(args.file).with_suffix("." + args.format).name)
     fmt = args.format if args.output is None else (out.suffix.lstrip(".") or args.format)
     if fmt == "dot":
@@ -230,6 +356,32 @@ def cmd_render(args) -> int:
         write_atomic(out, data)
     print(f"wrote {out}")
     return 0
+
+
+def _memory_colours(prog, graph, plan_name, dims):
+    """A fill colour per node from its memory (parameters, gradients, optimizer state and
+    saved activations): white for none, deepening red for the largest."""
+    from .compiler.dims import Sym
+    from .compiler.passes.estimate_memory import estimate_memory
+
+    plan = prog.plan(plan_name) if plan_name else None
+    if plan is not None and plan.kind not in ("train", "finetune"):
+        plan = None
+    free = {s for i in graph.inputs for d in graph.node(i).outputs[0].shape if isinstance(d, Sym)
+            for s in d.symbols()} - set(dims) - set(plan.dims() if plan else {})
+    r = estimate_memory(graph, plan, dims={**{k: 1 for k in free}, **dims}, solve=False)
+    by_path = {n.path: n.total for n in r.nodes}
+    top = max(by_path.values(), default=0) or 1
+
+    def colour(node):
+        v = by_path.get(node.path, 0)
+        if not v:
+            return None
+        f = (v / top) ** 0.5
+        g = int(255 - 200 * f)
+        return f"#ff{g:02x}{g:02x}"
+
+    return colour
 
 
 def cmd_space(args) -> int:
@@ -367,6 +519,10 @@ def cmd_search(args) -> int:
     except CompileError as e:
         _print_diagnostics(e.diagnostics, args.json)
         return 1
+    except KeyboardInterrupt:
+        print("archc: search interrupted; its study keeps every finished trial: run the same command to resume",
+              file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps({"ok": True, "study": result.study, "storage": result.storage,
                           "objectives": result.objectives, "complete": result.complete, "ran": result.ran,
@@ -460,7 +616,21 @@ def main(argv: list[str] | None = None) -> int:
     common(p)
     p.add_argument("-o", "--output", metavar="FILE", help="output file (format from its suffix)")
     p.add_argument("--format", default="svg", choices=["svg", "png", "pdf", "dot"])
+    p.add_argument("--color", choices=["memory"], help="fill ops by what they hold in a training step")
     p.set_defaults(fn=cmd_render)
+
+    p = sub.add_parser("mem", help="memory of a training step (or inference): peak, make-up, fit, largest batch")
+    p.add_argument("file", help="an .arch file")
+    p.add_argument("--model", help="which model (default: the plan's, or the file's only model)")
+    p.add_argument("--plan", help="a `train` or `finetune` plan: precision, optimizer, checkpoint, shard, device")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="a model argument")
+    p.add_argument("--dim", action="append", metavar="SYM=N", help="bind a symbolic dimension")
+    p.add_argument("--device", help="a device name (overrides the plan's): cpu, a100-80gb, rtx4090-24gb ...")
+    p.add_argument("--attention", choices=["auto", "fused", "composite"], help="how attention runs")
+    p.add_argument("--inference", action="store_true", help="a forward pass without gradients")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="rows in each table (default 10)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=cmd_mem)
 
     p = sub.add_parser("fmt", help="rewrite specs in the canonical layout (keeps comments)")
     p.add_argument("files", nargs="+", help=".arch files")

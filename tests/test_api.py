@@ -19,6 +19,8 @@ class ScaleModule(nn.Module):
 class ScaleBy(archc.Op):
     """A per-feature learned scale, registered from Python."""
 
+    doc = "x * scale, with a learned per-feature scale (FLOPs: one per element)."
+
     class Attrs(archc.Attrs):
         init: float = 1.0
 

@@ -88,6 +88,14 @@ class Sym:
 
     __rmul__ = __mul__
 
+    def __pow__(self, other) -> "Dim":
+        if not isinstance(other, int) or isinstance(other, bool) or other < 0:
+            return NotImplemented
+        out: Dim = 1
+        for _ in range(other):
+            out = out * self
+        return out
+
     def __floordiv__(self, other) -> "Dim":
         if isinstance(other, int) and not isinstance(other, bool):
             if other == 0:
@@ -164,7 +172,9 @@ class Sym:
         parts: list[str] = []
         # highest degree first, constant last: `2 * T + 1`
         for mono, coeff in sorted(self.terms, key=lambda t: (-len(t[0]), t[0])):
-            body = " * ".join(_group(mono))
+            # An opaque atom (`(T + 1) // 2`) stands bare only where nothing could regroup it.
+            bare = len(mono) == 1 and abs(coeff) == 1 and (coeff > 0 or parts)
+            body = " * ".join(_group(mono, bare))
             if not mono:
                 text = str(abs(coeff))
             elif abs(coeff) == 1:
@@ -183,11 +193,11 @@ class Sym:
 Dim = Union[int, Sym]
 
 
-def _group(mono: Monomial) -> list[str]:
+def _group(mono: Monomial, bare: bool = False) -> list[str]:
     out: list[str] = []
     for atom in sorted(set(mono)):
         n = mono.count(atom)
-        name = atom if _is_name(atom) else f"({atom})" if not atom.startswith("(") else atom
+        name = atom if _is_name(atom) or bare else f"({atom})"
         out.append(name if n == 1 else f"{name} ** {n}")
     return out
 

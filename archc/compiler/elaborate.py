@@ -508,7 +508,8 @@ class Elaborator:
         b = self.eval(e.right, scope, symbols)
         if isinstance(a, Value) or isinstance(b, Value):
             return self._tensor_binop(op, a, b, e, scope)
-        if isinstance(a, STAGE_TYPES) or isinstance(b, STAGE_TYPES):
+        stage_list = isinstance(a, list) and a and all(isinstance(x, STAGE_TYPES) for x in a)
+        if isinstance(a, STAGE_TYPES) or isinstance(b, STAGE_TYPES) or (stage_list and op == "*" and _is_int(b)):
             if op == "*" and isinstance(a, STAGE_TYPES + (list,)) and _is_int(b):
                 if b < 0 or b > MAX_NODES:
                     raise self.err("E0401" if b > 0 else "E0207", f"cannot repeat a stage {b} times", e.right.span,

@@ -109,6 +109,8 @@ class Shard(Directive):
 @directive("device", ("train", "finetune", "search", "compress"))
 class Device(Directive):
     name: str
+    memory: str | int | None = None  # override the device's memory: "24GiB", "80GB", or bytes
+    attention: Literal["auto", "fused", "composite"] = "auto"  # how attention runs (memory estimates)
 
 
 

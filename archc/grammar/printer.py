@@ -17,7 +17,8 @@ and the comments `parse` recorded on the File; it is idempotent. The layout:
   only where precedence requires them.
 - At most 88 columns where a break is possible: a pipeline that does not fit
   breaks before every `->`, each continuation line starting with `->` aligned
-  under the first `->`. A bracket that still does not fit breaks after commas,
+  under the first `->`. A conditional `a if c else b` that does not fit breaks
+  before `else`, aligned under `a`. A bracket that still does not fit breaks after commas,
   its lines aligned after the opening bracket: arguments, parameters and lists
   of plain values (names, numbers, strings) fill each line; a list or tuple
   holding anything else (a sequence of layers) takes one item per line.
@@ -279,8 +280,8 @@ def _doc(e):
         if e.op == "not":
             return ["not ", _x(e.operand, NOT)]
         return ["-", _x(e.operand, UNARY)]
-    if isinstance(e, A.Cond):
-        return [_x(e.then, OR), " if ", _x(e.cond, OR), " else ", _x(e.orelse, COND)]
+    if isinstance(e, A.Cond):  # breaks before `else` (a newline there never ends a statement)
+        return _Align(_Group([_x(e.then, OR), " if ", _x(e.cond, OR), _SPACE, "else ", _x(e.orelse, COND)]))
     if isinstance(e, A.Pipeline):
         stages = _join([["-> ", _stage(s)] for s in e.stages], _SPACE)
         return _Group([_x(e.head, COND), " ", _Align(stages)])

@@ -77,9 +77,9 @@ def enumerate_candidates(program, cfg: SearchConfig, limit: int) -> list[dict[st
 
 
 def measure_graph(cand: Candidate, cfg: SearchConfig) -> dict[str, Any]:
-    """params, flops and memory of a candidate, from its graph (flops for a batch of 1 unless dims bind B)."""
-    m = graph_metrics(cand.graph, cfg.dims)
-    cand.metrics.update({k: m[k] for k in ("params", "flops", "memory") if m.get(k) is not None})
+    """params, flops and memory of a candidate, from its graph (see config.graph_metrics)."""
+    m = graph_metrics(cand.graph, cfg.dims, plan=cfg.plan_obj, batch=cfg.batch)
+    cand.metrics.update({k: m[k] for k in ("params", "flops", "memory", "memory_kind") if m.get(k) is not None})
     return cand.metrics
 
 

@@ -131,6 +131,7 @@ class SearchConfig:
     precision: str
     decisions: dict[str, list[str]]  # label -> candidates as written
     space_size: int
+    plan_obj: Any = None  # the validated Plan (the memory pass reads its precision, optimizer, device)
     fingerprint: str = ""
     study_name: str = ""
     notes: list[str] = field(default_factory=list)
@@ -309,7 +310,7 @@ def load_config(program, plan: str, *, storage: str | None = None, trials: int |
                                    help="write `choice(...)` or `cell(...)` in the model, or use a `train` plan"))
     else:
         graph = program.graph(p.model, dims=dims, args=p.args, strict=False)
-        values = graph_metrics(graph, dims)
+        values = graph_metrics(graph, dims, plan=p, batch=budget.batch if budget else 64)
         for c in constraints:
             if c.metric in GRAPH_METRICS and values.get(c.metric) is None:
                 diags.append(Diagnostic("E0522", f"the constraint `{c.text}` cannot be evaluated: "
@@ -337,7 +338,8 @@ def load_config(program, plan: str, *, storage: str | None = None, trials: int |
         pruner={"name": pruner.name, "warmup": pruner.warmup, "startup": pruner.startup,
                 "percentile": pruner.percentile, "span": pruner_span} if pruner else None,
         optimizer=opt.model_dump() if opt else {}, precision=prec.mode if prec else "fp32",
-        decisions={lbl: list(d.candidates) for lbl, d in space.decisions.items()}, space_size=space.size)
+        decisions={lbl: list(d.candidates) for lbl, d in space.decisions.items()}, space_size=space.size,
+        plan_obj=p)
     if cfg.epochs is None and cfg.steps is None:
         cfg.epochs = 1
     _check_strategy(cfg, diags)
@@ -361,24 +363,22 @@ def check_search_plan(program, plan: str) -> list[Diagnostic]:
     return []
 
 
-def memory_bytes(graph, params: int) -> tuple[Any, str]:
-    """Memory a candidate needs: the memory pass's estimate where it exists, else its
-    parameters' bytes (float32). Returns (bytes or None, what it measures)."""
+def memory_bytes(graph, params: int, plan=None, dims: dict[str, int] | None = None) -> tuple[Any, str]:
+    """Memory a candidate needs: the peak of one training step from the memory pass
+    (archc.compiler.passes.estimate_memory: the plan's precision, optimizer and device,
+    `dims` binding the batch), or its parameters' float32 bytes where that pass cannot
+    tell. Returns (bytes, what was measured)."""
     try:
-        from ..compiler.passes import estimate_memory as em  # written by another engineer
-    except ImportError:
+        from ..compiler.passes.estimate_memory import estimate_memory
+    except ImportError:  # pragma: no cover - the pass ships with archc
         return params * 4, "parameter bytes"
     try:
-        report = em.estimate_memory(graph)
-        for attr in ("total", "total_bytes", "peak", "peak_bytes", "bytes"):
-            v = getattr(report, attr, None)
-            if v is not None:
-                return (v() if callable(v) else v), "estimated memory"
-        if isinstance(report, (int, Sym)):
-            return report, "estimated memory"
-    except Exception:  # the pass is new: never let it break a search
-        pass
-    return params * 4, "parameter bytes"
+        rep = estimate_memory(graph, plan, dims=dims, training=True, solve=False)
+    except CompileError:
+        raise
+    except Exception as e:  # never let an estimate stop a search: say what was measured instead
+        return params * 4, f"parameter bytes (the memory estimate failed: {type(e).__name__}: {e})"
+    return rep.peak, "peak memory of a training step"
 
 
 def _bind(v, dims: dict[str, int]):
@@ -389,14 +389,17 @@ def _bind(v, dims: dict[str, int]):
     return v, None
 
 
-def graph_metrics(graph, dims: dict[str, int] | None = None) -> dict[str, Any]:
-    """params, flops (batch of 1 unless dims bind B) and memory of an elaborated candidate."""
+def graph_metrics(graph, dims: dict[str, int] | None = None, *, plan=None, batch: int = 64) -> dict[str, Any]:
+    """params, flops (of one example unless dims bind B) and memory (of a training step on
+    `batch` examples unless dims bind B) of an elaborated candidate."""
     from ..compiler.passes.count_cost import count_cost
 
+    dims = dims or {}
     cost = count_cost(graph)
     out: dict[str, Any] = {"params": cost.params}
-    out["flops"], out["flops_why"] = _bind(cost.flops, dims or {})
-    mem, what = memory_bytes(graph, cost.params)
-    out["memory"], out["memory_why"] = _bind(mem, dims or {})
+    out["flops"], out["flops_why"] = _bind(cost.flops, dims)
+    mem_dims = {"B": batch, **dims}
+    mem, what = memory_bytes(graph, cost.params, plan, mem_dims)
+    out["memory"], out["memory_why"] = _bind(mem, mem_dims)
     out["memory_kind"] = what
     return out

@@ -171,8 +171,19 @@ class Search:
         except StorageError as e:
             self._fail("E0523", f"cannot open storage `{_redact(cfg.storage)}`: {e}", cfg.storage_span,
                        help="check the URL, that the server runs and that the database exists")
-        self.lock = StudyLock(self.storage, cfg.study_name)
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # archc reports what matters itself
+        try:
+            self._open_study()
+        except (CompileError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a database that opened but refuses the study (permissions, schema...)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self._fail("E0523", f"cannot use storage `{_redact(cfg.storage)}`: {first}", cfg.storage_span,
+                       help="check the database's permissions and that it holds Optuna studies only")
+
+    def _open_study(self) -> None:
+        cfg = self.cfg
+        self.lock = StudyLock(self.storage, cfg.study_name)
         with self.lock:
             study = optuna.create_study(storage=self.storage, study_name=cfg.study_name,
                                         directions=cfg.directions, load_if_exists=True,
@@ -371,7 +382,12 @@ class Search:
         from ..cli import write_atomic
 
         cfg = self.cfg
-        text = self.program.derive(cfg.model, {k: int(v) for k, v in t.params.items()}, args=cfg.args)
+        decisions = {k: int(v) for k, v in t.params.items()}
+        try:
+            text = self.program.derive(cfg.model, decisions, args=cfg.args)
+        except CompileError as e:  # never lose a search's result to the writer: keep the space and say how
+            text = (f"# Could not write the candidate without choices ({e.diagnostics[0].message}); build it with\n"
+                    f"#   Program.build({cfg.model!r}, decisions={decisions!r})\n" + cfg.spec.read_text())
         vals = ", ".join(f"{o.name} {fmt_metric(o.name, v)}" for o, v in zip(cfg.objectives, t.values))
         arch = t.user_attrs.get(ARCH_ATTR, {})
         header = [f"# Best candidate of `archc search {cfg.spec.name} --plan {cfg.plan}` ({cfg.strategy}): "

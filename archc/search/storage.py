@@ -23,8 +23,8 @@ import optuna
 from optuna.trial import TrialState
 
 WORKER_ATTR = "archc.worker"
-HEARTBEAT_S = 5
-GRACE_S = 30
+HEARTBEAT_S = 10
+GRACE_S = 120  # a busy machine may delay a beat; a dead worker elsewhere is noticed after this
 
 
 class StorageError(Exception):

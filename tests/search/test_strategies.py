@@ -103,7 +103,9 @@ def test_graph_and_latency_objectives_need_no_data(tmp_path):
     assert run_cli(str(spec), "--plan", "L", "--threads", "1", "--quiet", "-o", str(tmp_path / "l.arch")) == 0
     for t in study_of(spec, "L").trials:
         lat, mem, flops = t.values
-        assert lat > 0 and mem == t.user_attrs["archc.metrics"]["params"] * 4 and flops > 0
+        params = t.user_attrs["archc.metrics"]["params"]
+        assert lat > 0 and flops > 0
+        assert mem > 3 * 4 * params  # a training step's peak: weights, gradients, AdamW's two moments, activations
         assert "accuracy" not in t.user_attrs["archc.metrics"]
 
 

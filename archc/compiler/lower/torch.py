@@ -156,6 +156,7 @@ def generate(graph: Graph, source_name: str = "<spec>") -> Generated:
     body: list[str] = []
     uses_cache = False
     segments = _segments(nodes)  # node id -> checkpoint segment key
+    cache_keys: dict[str, int] = {}  # path -> how many times its cache key was used
     seg_of = {nid: key for nid, key in segments.items()}
 
     def emit(i: int, n, out: list[str], boundary: set | None) -> None:
@@ -173,7 +174,12 @@ def generate(graph: Graph, source_name: str = "<spec>") -> Generated:
                 template = inplace
         if "{cache}" in template:
             uses_cache = True
-        expr = _fill(template.replace("{cache}", "kv_cache").replace("{key}", repr(n.path)), args)
+        key = n.path
+        if "{key}" in template:  # a module used again keeps its own cache entry
+            seen = cache_keys.get(n.path, 0)
+            cache_keys[n.path] = seen + 1
+            key = n.path if seen == 0 else f"{n.path}#{seen}"
+        expr = _fill(template.replace("{cache}", "kv_cache").replace("{key}", repr(key)), args)
         outs = [fresh(n.path if len(n.outputs) == 1 else f"{n.path}_{k}") for k in range(len(n.outputs))]
         for k, name in enumerate(outs):
             names[(n.id, k)] = name

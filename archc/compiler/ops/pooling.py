@@ -45,8 +45,8 @@ class WindowPool(Op):
         if min(ks + ss + ds) <= 0 or min(ps) < 0:
             raise ShapeError("E0305", f"{self.name} needs positive kernel, stride and dilation "
                              f"and non-negative padding")
-        for k, p, d in zip(ks, ps, ds):
-            if p > ((k - 1) * d + 1) // 2:
+        for k, p in zip(ks, ps):
+            if p > k // 2:  # PyTorch's limit, dilation or not
                 raise ShapeError("E0303", f"{self.name}: padding {p} is more than half the "
                                  f"kernel size {k}", label=f"padding={a.padding}")
         return n, ks, ss, ps, ds
@@ -104,6 +104,16 @@ class AvgPool(WindowPool):
     Attrs = AvgPoolAttrs
     doc = "Mean over sliding windows (F.avg_pool1d/2d/3d); stride defaults to the kernel."
 
+    def infer(self, a, ins):
+        (x,) = ins
+        _, ks, _, _, _ = self._geom(a, x)
+        if x.rank == 5:  # PyTorch's avg_pool3d wants every axis at least the kernel, padding or not
+            for d, k in zip(x.shape[2:], ks):
+                if isinstance(d, int) and d < k:
+                    raise ShapeError("E0305", f"avg_pool: a 3-D input axis of {d} is smaller than the kernel {k}",
+                                     help="PyTorch's avg_pool3d needs each spatial axis at least the kernel size")
+        return super().infer(a, ins)
+
     def lower(self, a, ins, outs):
         n = spatial(ins[0], self.name)
         rest = _args(("stride", a.stride, None), ("padding", a.padding, 0),
@@ -136,7 +146,14 @@ class AdaptivePool(Op):
         return ins[0].numel()
 
     def lower(self, a, ins, outs):
-        return Code(f"F.adaptive_{self.kind}_pool{spatial(ins[0], self.name)}d({{0}}, {a.size!r})")
+        n = spatial(ins[0], self.name)
+        size = (a.size,) * n if a.size is None or isinstance(a.size, int) else a.size
+        # `None` keeps an axis; PyTorch takes it only inside a 2-D/3-D tuple, so spell the size out
+        sizes = [f"{{0}}.shape[{2 + i}]" if s is None else str(s) for i, s in enumerate(size)]
+        arg = sizes[0] if n == 1 else "(" + ", ".join(sizes) + ")"
+        if all(s is not None for s in size):
+            arg = repr(a.size)
+        return Code(f"F.adaptive_{self.kind}_pool{n}d({{0}}, {arg})")
 
     def saved(self, a, ins, outs, ctx):
         if not ctx.any_grad:

@@ -42,6 +42,27 @@ CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "master", "inpu
               "autocast copies", "gradient buffers", "workspace", "checkpoint state")
 
 
+# -- a faster view of the graph -------------------------------------------------------
+
+def fast_view(graph: Graph) -> Graph:
+    """The same graph with node lookups and the topological order cached (a pass reads
+    them tens of thousands of times; networkx's views are slow). Reading only."""
+    if getattr(graph, "_fast_view", False):
+        return graph
+    import copy
+
+    view = copy.copy(graph)
+    order = graph.nodes()
+    by_id = {n.id: n for n in order}
+    ins = {n.id: graph.in_values(n.id) for n in order}
+    view.node = by_id.__getitem__  # type: ignore[method-assign]
+    view.nodes = lambda: list(order)  # type: ignore[method-assign]
+    view.in_values = ins.__getitem__  # type: ignore[method-assign]
+    view.in_types = lambda nid: [v.type for v in ins[nid]]  # type: ignore[method-assign]
+    view._fast_view = True
+    return view
+
+
 # -- settings -------------------------------------------------------------------
 
 @dataclass
@@ -84,6 +105,7 @@ def settings_from_plan(graph: Graph, plan, *, dims: dict[str, int] | None = None
     """Read a plan's directives; bad devices and checkpoint selectors are diagnostics."""
     from ..selectors import select
 
+    graph = fast_view(graph)
     s = MemorySettings()
     diags: list[Diagnostic] = []
     if plan is not None:
@@ -112,6 +134,10 @@ def settings_from_plan(graph: Graph, plan, *, dims: dict[str, int] | None = None
                     mem = None
                 s.device = with_overrides(dev, mem, getattr(d.args, "attention", None))
         for d in plan.all("checkpoint"):
+            fast = _select_simple(graph, d.args.on) if not d.args.exclude else None
+            if fast is not None:
+                s.checkpoint += fast
+                continue
             try:
                 sel = select(graph, d.args.on, d.args.exclude, span=d.span, what="checkpoint selector")
             except CompileError as e:
@@ -140,21 +166,45 @@ def settings_from_plan(graph: Graph, plan, *, dims: dict[str, int] | None = None
     return s
 
 
+def _select_simple(graph: Graph, selector: str) -> list[list[int]] | None:
+    """Segments for a lone `block:NAME` or `op:NAME` selector, found in one pass (selectors.select
+    gives the same answer, and the diagnostics when nothing matches: it is called then)."""
+    term = selector.strip()
+    if "," in term or not term.startswith(("block:", "op:")):
+        return None
+    segs: dict[str, list[int]] = {}
+    if term.startswith("op:"):
+        out = [[n.id] for n in graph.nodes() if n.op == term[3:]]
+        return out or None
+    block = term[6:]
+    for n in graph.nodes():
+        if n.op in ("input", "output"):
+            continue
+        for site in n.calls:
+            if site.block == block:
+                segs.setdefault(site.path, []).append(n.id)
+                break
+    return list(segs.values()) or None
+
+
 def _segments(graph: Graph, sel) -> list[list[int]]:
-    """One checkpoint segment per selected module (a block instance, a sequence, a node)."""
+    """One checkpoint segment per selected module (a block instance, a sequence, a node):
+    each selected node goes to the first selected module that holds it."""
     order = {n.id: i for i, n in enumerate(graph.nodes())}
-    segs: list[list[int]] = []
-    taken: set[int] = set()
-    for mod in sel.modules:
-        ids = sorted((i for i in sel.nodes if i not in taken and
-                      (graph.node(i).path == mod or graph.node(i).path.startswith(mod + ".") or
-                       any(c.path == mod for c in graph.node(i).calls))), key=order.get)
-        if ids:
-            taken.update(ids)
-            segs.append(ids)
-    rest = sorted(sel.nodes - taken, key=order.get)
-    segs += [[i] for i in rest]
-    return segs
+    rank = {m: k for k, m in enumerate(sel.modules)}
+    groups: dict[int, list[int]] = {}
+    rest = []
+    for i in sel.nodes:
+        n = graph.node(i)
+        parts = n.path.split(".")
+        cands = [".".join(parts[:k]) for k in range(1, len(parts) + 1)] + [c.path for c in n.calls]
+        hits = [rank[c] for c in cands if c in rank]
+        if hits:
+            groups.setdefault(min(hits), []).append(i)
+        else:
+            rest.append(i)
+    segs = [sorted(groups[k], key=order.get) for k in sorted(groups)]
+    return segs + [[i] for i in sorted(rest, key=order.get)]
 
 
 def _annotated_segments(graph: Graph, existing: list[list[int]]) -> list[list[int]]:
@@ -290,6 +340,7 @@ def estimate_memory(graph: Graph, plan=None, *, settings: MemorySettings | None 
     `graph` may keep symbolic dimensions: `dims` (and the plan's) bind them, and the
     batch and context solutions vary them."""
     t0 = time.perf_counter()
+    graph = fast_view(graph)
     s = settings or settings_from_plan(graph, plan, dims=dims, device=device, training=training,
                                        attention=attention)
     if settings is not None and dims:
@@ -310,6 +361,7 @@ class _Model:
     def __init__(self, graph: Graph, s: MemorySettings):
         from ..lower.torch import _may_overwrite  # the code generator's own rule (imports no torch)
 
+        graph = fast_view(graph)
         self.g, self.s = graph, s
         self.nodes = [n for n in graph.nodes()]
         self.order = {n.id: i for i, n in enumerate(self.nodes)}
@@ -327,6 +379,9 @@ class _Model:
         self.inplace = {n.id for n in self.nodes
                         if getattr(REGISTRY.get(n.op), "inplace_template", None) and len(self.ins[n.id]) == 1
                         and _may_overwrite(graph, self.ins[n.id][0], self.keep)}
+        self.node_by_id = {n.id: n for n in self.nodes}
+        self.in_keys = {n.id: [(v.node, v.port) for v in self.ins[n.id]] for n in self.nodes}
+        self.static_key = {n.id: (n.op, repr(n.attrs)) for n in self.nodes}
         self.segment_of: dict[int, int] = {}
         for k, seg in enumerate(s.checkpoint):
             for nid in seg:
@@ -334,6 +389,19 @@ class _Model:
         self._params()
         self._loss()
         self._cache: dict = {}
+        autocast = s.autocast
+        self.static = {}
+        self.moments = {}
+        for n in self.nodes:
+            if n.op in ("input", "output"):
+                continue
+            keys = self.node_params.get(n.id, {})
+            self.static[n.id] = (self.static_key[n.id], keys, any(self.trainable.get(k, False) for k in keys.values()),
+                                 autocast and n.op in AUTOCAST_LOW,
+                                 [(name, key, bool(self.trainable.get(key)), self.param_numel.get(key, 0))
+                                  for name, key in keys.items()],
+                                 self.segment_of.get(n.id), n.id in self.inplace)
+            self.moments[n.id] = ("forward: " + n.path, "backward: " + n.path, "recompute: " + n.path)
 
     # parameters: storage keys, shapes, owners, trainability (independent of dims)
     def _params(self) -> None:
@@ -363,6 +431,7 @@ class _Model:
                     self.buffer_shape[f"{n.path}.{name}"] = tuple(shape)
             self.node_params[n.id] = mine
         self.trainable = {k: not self.param_owner[k].meta.get("frozen", False) for k in self.param_shape}
+        self.param_numel = {k: math.prod(sh) for k, sh in self.param_shape.items()}
         # ties: the tied linear's own copy of the key points at the owner's storage
         for n in self.nodes:
             for name, key in self.node_params.get(n.id, {}).items():
@@ -379,13 +448,18 @@ class _Model:
 
     # -- per-dims preparation ---------------------------------------------------------------------
     def _concrete(self, dims: dict[str, int]) -> dict:
-        """Concrete types, dtypes, strides, saved lists and footprints for one binding of the dims."""
-        s, g = self.s, self.g
+        """Concrete types, dtypes, strides, saved lists and footprints for one binding of the
+        dims, boiled down to one `_Plan` of plain numbers per node."""
+        s = self.s
         low = s.low
         pure_low = low is not None and not s.autocast
         param_dtype = low if pure_low else "float32"
+        memo: dict = {}
 
         def sub(t: TensorType) -> TensorType:
+            hit = memo.get(t)
+            if hit is not None:
+                return hit
             shape = tuple(d.subs(dims) if isinstance(d, Sym) else d for d in t.shape)
             for d in shape:
                 if not isinstance(d, int):
@@ -394,78 +468,126 @@ class _Model:
                         help="bind it with `dims(...)` in the plan or `--dim " + str(d) + "=N`"))
                 if d < 0:
                     raise CompileError(Diagnostic("E0305", f"a tensor would have a negative size {d}", s.span))
-            return TensorType(shape, t.dtype)
+            memo[t] = out = TensorType(shape, t.dtype)
+            return out
+
+        def nbytes(t: TensorType) -> int:
+            n = dtype_bytes(t.dtype)
+            for d in t.shape:
+                n *= d
+            return n
 
         vt: dict[tuple[int, int], TensorType] = {}  # value -> concrete type (dtype as run)
         rg: dict[tuple[int, int], bool] = {}
         strides: dict[tuple[int, int], tuple] = {}
-        info: dict[int, dict] = {}
+        plans: list[_Plan] = []
+        by_id: dict[int, _Plan] = {}
+        pb = dtype_bytes(param_dtype)
+        autocast, training, fp32_ops = s.autocast, s.training, s.device.autocast_fp32
+        cache, static = self._cache, self.static
+        cstrides: dict = {}
+
+        def contig(shape):
+            st = cstrides.get(shape)
+            if st is None:
+                st = cstrides[shape] = contiguous_strides(shape)
+            return st
+
         for n in self.nodes:
-            if n.op == "input":
+            op_name = n.op
+            if op_name == "input":
                 t = sub(n.outputs[0])
                 dt = low if (pure_low and is_float(t.dtype)) else t.dtype
                 vt[(n.id, 0)] = TensorType(t.shape, dt)
                 rg[(n.id, 0)] = False
-                strides[(n.id, 0)] = contiguous_strides(t.shape)
+                strides[(n.id, 0)] = contig(t.shape)
                 continue
-            if n.op == "output":
+            if op_name == "output":
                 continue
-            op = REGISTRY[n.op]
-            vals = self.ins[n.id]
-            in_t = [vt[(v.node, v.port)] for v in vals]
-            in_rg = [rg[(v.node, v.port)] for v in vals]
-            in_st = [strides[(v.node, v.port)] for v in vals]
-            # dtypes under autocast: casts of inputs and of weights
-            casts: list[str | None] = [None] * len(vals)
-            fl = [t.dtype for t in in_t if is_float(t.dtype)]
+            st_key, keys, weights_grad, cast_w, params_static, seg, inplace = static[n.id]
+            keys_in = self.in_keys[n.id]
+            in_t = [vt[k] for k in keys_in]
+            in_rg = [rg[k] for k in keys_in]
+            op_st = [strides[k] for k in keys_in]
+            casts = None
             out_dtype = None
-            if s.autocast and s.training is not None:
-                if n.op in AUTOCAST_LOW:
+            if autocast:
+                if cast_w:
                     casts = [low if is_float(t.dtype) and t.dtype != low else None for t in in_t]
                     out_dtype = low
-                elif n.op in s.device.autocast_fp32:
-                    if n.op != "softmax":  # layer/group/RMS norm: inputs cast to float32
+                elif op_name in fp32_ops:
+                    if op_name != "softmax":  # layer/group/RMS norm: inputs cast to float32
                         casts = [("float32" if is_float(t.dtype) and t.dtype != "float32" else None) for t in in_t]
                     out_dtype = "float32"
             if out_dtype is None:
-                if n.op == "embedding" or not fl:
+                fl = [t.dtype for t in in_t if is_float(t.dtype)]
+                if op_name == "embedding" or not fl:
                     out_dtype = param_dtype
                 else:
                     out_dtype = "float32" if "float32" in fl else fl[0]
-                if n.op == "concat" or n.op in ("add", "sub", "mul", "div"):
-                    out_dtype = "float32" if "float32" in fl else (fl[0] if fl else param_dtype)
-            op_in = [TensorType(t.shape, c) if c else t for t, c in zip(in_t, casts)]
-            op_st = [contiguous_strides(t.shape) if c else st for t, c, st in zip(in_t, casts, in_st)]
+            if casts and any(casts):
+                op_in = [TensorType(t.shape, c) if c else t for t, c in zip(in_t, casts)]
+                op_st = [contig(t.shape) if c else st for t, c, st in zip(in_t, casts, op_st)]
+            else:
+                op_in = in_t
+                casts = None
             outs = [TensorType(sub(t).shape, out_dtype if is_float(t.dtype) else t.dtype) for t in n.outputs]
-            # parameters as the op sees them
-            keys = self.node_params.get(n.id, {})
-            wdt = low if s.autocast and n.op in AUTOCAST_LOW else param_dtype
-            pinfo = {name: (self.param_shape[key], wdt) for name, key in keys.items()}
-            weights_grad = any(self.trainable.get(k, False) for k in keys.values())
-            ctx = MemoryContext(s.device, op_in, outs, in_rg, weights_grad, s.training, op_st,
-                                n.id in self.inplace, pinfo)
-            ck = (n.op, n.attrs, tuple(op_in), tuple(outs), tuple(in_rg), weights_grad, tuple(map(tuple, op_st)),
-                  ctx.inplace, tuple(sorted((k, v) for k, v in pinfo.items())), s.training)
-            hit = self._cache.get(ck)
+            ck = (st_key, tuple(op_in), tuple(outs), tuple(in_rg), tuple(op_st), training)
+            hit = cache.get(ck)
             if hit is None:
+                wdt = low if cast_w else param_dtype
+                pinfo = {name: (self.param_shape[key], wdt) for name, key in keys.items()}
+                ctx = MemoryContext(s.device, op_in, outs, in_rg, weights_grad, training, op_st, inplace, pinfo)
+                op = REGISTRY[op_name]
                 try:
                     fp = op.footprint(n.attrs, op_in, outs, ctx)
-                    grad_ctx = ctx
-                    saved = list(op.saved(n.attrs, op_in, outs, grad_ctx)) if s.training else []
+                    saved = list(op.saved(n.attrs, op_in, outs, ctx)) if training else []
                 except Exception as e:  # a user op that cannot say: keep its inputs
                     fp, saved = Footprint(), [Saved.input(i) for i in range(len(op_in))]
-                    self._note(f"`{n.op}` could not describe its memory ({e}); assumed it keeps its inputs")
-                hit = self._cache[ck] = (fp, saved)
-            fp, saved = hit
-            out_rg = fp.differentiable and s.training and (any(in_rg) or weights_grad)
+                    self._note(f"`{op_name}` could not describe its memory ({e}); assumed it keeps its inputs")
+                out_bytes = []
+                for j, t in enumerate(outs):
+                    nb = dtype_bytes(t.dtype)
+                    for d in t.shape:
+                        nb *= d
+                    out_bytes.append(0 if j in fp.views else nb)
+                in_bytes, prod_bytes = [], []
+                for t, u in zip(op_in, in_t):
+                    nb = dtype_bytes(t.dtype)
+                    for d in t.shape:
+                        nb *= d
+                    in_bytes.append(nb)
+                    prod_bytes.append(nb * dtype_bytes(u.dtype) // dtype_bytes(t.dtype))
+                sv = [(0, x.index) if x.kind == "input" else (1, x.index) if x.kind == "output"
+                      else (2, x.name) if x.kind == "param" else (3, int(x.bytes)) for x in saved]
+                out_st = [tuple(fp.strides[j]) if j in fp.strides else contig(t.shape) for j, t in enumerate(outs)]
+                hit = cache[ck] = (fp, sv, out_bytes, in_bytes, prod_bytes, out_st)
+            fp, sv, out_bytes, in_bytes, prod_bytes, out_st = hit
+            out_rg = fp.differentiable and training and (any(in_rg) or weights_grad)
+            nid = n.id
             for j, t in enumerate(outs):
-                vt[(n.id, j)] = t
-                rg[(n.id, j)] = out_rg and is_float(t.dtype)
-                strides[(n.id, j)] = tuple(fp.strides.get(j, contiguous_strides(t.shape)))
-            info[n.id] = {"in_t": in_t, "op_in": op_in, "casts": casts, "outs": outs, "in_rg": in_rg,
-                          "weights_grad": weights_grad, "fp": fp, "saved": saved, "keys": keys, "wdt": wdt,
-                          "out_rg": out_rg}
-        return {"vt": vt, "rg": rg, "info": info, "param_dtype": param_dtype}
+                key = (nid, j)
+                vt[key] = t
+                rg[key] = out_rg and is_float(t.dtype)
+                strides[key] = out_st[j]
+            pl = _Plan()
+            pl.nid, pl.node, pl.ins = nid, n, keys_in
+            pl.casts = [c is not None for c in casts] if casts else [False] * len(keys_in)
+            pl.in_bytes, pl.prod_bytes, pl.out_bytes = in_bytes, prod_bytes, out_bytes
+            pl.out_types, pl.op_in = outs, op_in
+            pl.views, pl.saved = fp.views, sv
+            pl.fwd, pl.bwd = int(fp.fwd_peak), int(fp.bwd_peak)
+            pl.grad_views = fp.grad_views
+            pl.in_rg, pl.out_rg = in_rg, out_rg
+            pl.in_grad = in_rg
+            pl.cast_w = cast_w
+            wb = dtype_bytes(low if cast_w else param_dtype)
+            pl.params = [(name, key, tr, numel * wb, numel * pb) for name, key, tr, numel in params_static]
+            pl.seg = seg
+            pl.fwd_at, pl.bwd_at, pl.rec_at = self.moments[nid]
+            plans.append(pl)
+            by_id[nid] = pl
+        return {"vt": vt, "rg": rg, "plans": plans, "by_id": by_id, "param_dtype": param_dtype}
 
     _notes: list[str]
 
@@ -482,34 +604,31 @@ class _Model:
 
     # -- the largest batch and context that fit ---------------------------------------------------
     def solve(self, rep: MemoryReport) -> None:
-        g, s = self.g, self.s
-        syms = self._symbols()
-        bsym, tsym = syms
+        """The largest batch (and context) that fit, solved from the timeline: every point of
+        it is linear in the batch (quadratic in the context), so two replays give each
+        point's fixed and per-sample bytes, and the answer is the tightest bound over all
+        points. With allocator rounding the bound is checked by a replay when it is close."""
+        s = self.s
+        bsym, tsym = self._symbols()
         rep.batch_symbol, rep.context_symbol = bsym, tsym
         rep.context_cap = self._context_cap()
         budget = rep.budget
         if bsym is None:
             return
-        b0 = max(2, s.dims.get(bsym, 2))
-        pts = []
-        for b in (b0, b0 + 1):
-            try:
-                pts.append(self.run({**s.dims, bsym: b}).__dict__["_trace"])
-            except CompileError:
-                return
-        t1, t2 = pts
-        if len(t1) != len(t2):
+        trace0 = rep.__dict__["_trace"]
+        b0 = s.dims.get(bsym)
+        if b0 is None:
             return
-        slopes = [y - x for x, y in zip(t1, t2)]
-        base = [x - b0 * k for x, k in zip(t1, slopes)]
-        cur = s.dims.get(bsym)
-        if cur is not None:
-            i = max(range(len(rep.__dict__["_trace"])), key=lambda k: rep.__dict__["_trace"][k])
-            rep.per_sample = slopes[i] if i < len(slopes) else None
-            rep.fixed = base[i] if i < len(base) else None
-        else:
-            i = max(range(len(t1)), key=lambda k: t1[k])
-            rep.per_sample, rep.fixed = slopes[i], base[i]
+        try:
+            t1 = self.run({**s.dims, bsym: b0 + 1}).__dict__["_trace"]
+        except CompileError:
+            return
+        if len(t1) != len(trace0):
+            return
+        slopes = [y - x for x, y in zip(trace0, t1)]
+        base = [x - b0 * k for x, k in zip(trace0, slopes)]
+        i = max(range(len(trace0)), key=trace0.__getitem__)
+        rep.per_sample, rep.fixed = slopes[i], base[i]
         if budget is None:
             return
         best = None
@@ -519,47 +638,69 @@ class _Model:
                 best = lim if best is None else min(best, lim)
             elif a > budget:
                 best = 0
-        if best is None or best < 1:
-            rep.max_batch = 0 if best is not None else None
-        else:
-            best = self._verify(bsym, best, budget, lambda v: {bsym: v})
-            rep.max_batch = best
-        if tsym is not None and tsym in s.dims and bsym in s.dims:
-            t0 = max(8, s.dims[tsym] // 4)
-            tr = []
-            for t in (t0, 2 * t0, 3 * t0):
-                try:
-                    tr.append(self.run({**s.dims, tsym: t}).__dict__["_trace"])
-                except CompileError:
-                    return
-            if len({len(x) for x in tr}) != 1:
+        if best is not None:
+            best = max(0, int(best))
+            rep.max_batch = self._verify(best, budget, lambda v: {bsym: v}, base, slopes) if best else 0
+        if tsym is None or tsym not in s.dims:
+            return
+        t0 = s.dims[tsym]
+        ts = (t0, t0 // 2, t0 + t0 // 2) if t0 >= 16 else (t0, t0 + 8, t0 + 16)
+        traces = [trace0]
+        for t in ts[1:]:
+            try:
+                traces.append(self.run({**s.dims, tsym: t}).__dict__["_trace"])
+            except CompileError:
                 return
-            best = None
-            for y1, y2, y3 in zip(*tr):
-                # y(t) = a + b t + c t^2 through (t0, y1), (2 t0, y2), (3 t0, y3)
-                c2 = (y3 - 2 * y2 + y1) / (2 * t0 * t0)
-                b1 = (y2 - y1) / t0 - 3 * t0 * c2
-                a0 = y1 - b1 * t0 - c2 * t0 * t0
-                if c2 <= 0 and b1 <= 0:
-                    if a0 > budget:
-                        best = 0
-                    continue
-                if c2 > 0:
-                    disc = b1 * b1 - 4 * c2 * (a0 - budget)
-                    lim = math.floor((-b1 + math.sqrt(disc)) / (2 * c2)) if disc >= 0 else 0
-                else:
-                    lim = math.floor((budget - a0) / b1)
-                best = lim if best is None else min(best, lim)
-            if best is not None and best >= 1:
-                best = self._verify(tsym, best, budget, lambda v: {tsym: v})
-            if best is not None and rep.context_cap is not None:
+        if len({len(x) for x in traces}) != 1:
+            return
+        (x1, x2, x3) = ts
+        d = (x1 - x2) * (x1 - x3) * (x2 - x3)
+        best = None
+        coef = []
+        sqrt = math.sqrt
+        for y1, y2, y3 in zip(*traces):
+            # the quadratic a0 + b1 t + c2 t^2 through (x1, y1), (x2, y2), (x3, y3)
+            c2 = (x3 * (y2 - y1) + x2 * (y1 - y3) + x1 * (y3 - y2)) / d
+            b1 = (x3 * x3 * (y1 - y2) + x2 * x2 * (y3 - y1) + x1 * x1 * (y2 - y3)) / d
+            a0 = y1 - b1 * x1 - c2 * x1 * x1
+            coef.append((a0, b1, c2))
+            if c2 > 1e-9:
+                disc = b1 * b1 - 4 * c2 * (a0 - budget)
+                lim = (-b1 + sqrt(disc)) / (2 * c2) if disc >= 0 else 0
+            elif b1 > 1e-9:
+                lim = (budget - a0) / b1
+            else:
+                if a0 > budget:
+                    best = 0
+                continue
+            if best is None or lim < best:
+                best = lim
+        if best is not None:
+            best = math.floor(best)
+        if best is not None:
+            best = max(0, best)
+            if best and (rep.context_cap is None or best <= rep.context_cap):
+                best = self._verify(best, budget, lambda v: {tsym: v},
+                                    [a for a, _, _ in coef], [(b, c) for _, b, c in coef])
+            if rep.context_cap is not None:
                 best = min(best, rep.context_cap)
             rep.max_context = best
 
-    def _verify(self, sym, guess: int, budget: int, bind) -> int:
-        """Check a solved limit against a full replay (rounding can move it by one)."""
+    def _verify(self, guess: int, budget: int, bind, base, slopes) -> int:
+        """Rounding makes the timeline only nearly linear: when the solved limit is within the
+        rounding's reach of the budget, settle it by replaying."""
         s = self.s
-        v = max(1, int(guess))
+        slack = s.device.alloc_round * 4096 if s.device.alloc_round > 1 else 0
+
+        def predicted(v):
+            out = []
+            for a, k in zip(base, slopes):
+                out.append(a + (k[0] * v + k[1] * v * v if isinstance(k, tuple) else k * v))
+            return max(out)
+
+        if not slack or (budget - predicted(guess) > slack and predicted(guess + 1) - budget > slack):
+            return guess
+        v = guess
         for _ in range(8):
             if self.run({**s.dims, **bind(v)}).peak <= budget:
                 if self.run({**s.dims, **bind(v + 1)}).peak > budget:
@@ -593,6 +734,14 @@ class _Model:
 
 # -- the simulation ------------------------------------------------------------------------------
 
+class _Plan:
+    """One node's memory behaviour for one binding of the dims, as plain numbers."""
+
+    __slots__ = ("nid", "node", "ins", "casts", "in_bytes", "prod_bytes", "out_bytes", "out_types", "op_in", "views",
+                 "saved", "fwd", "bwd", "grad_views", "in_rg", "out_rg", "in_grad", "cast_w", "params", "seg",
+                 "fwd_at", "bwd_at", "rec_at")
+
+
 class _Live:
     """Live storages with reference counts; per-category totals; the peak and its make-up."""
 
@@ -608,12 +757,14 @@ class _Live:
         self.peak_at = ""
         self.peak_parts: dict[str, int] = {}
         self.trace: list[int] = []
+        self.tag = ""
         self._next = 0
+        self._rounds = device.alloc_round > 1
 
     def alloc(self, nbytes: int, cat: str) -> int:
         sid = self._next
         self._next += 1
-        n = self.dev.round(int(nbytes))
+        n = self.dev.round(nbytes) if self._rounds else nbytes
         self.size[sid], self.cat[sid], self.refs[sid], self.saves[sid] = n, cat, 1, 0
         self.by[cat] += n
         self.total += n
@@ -652,11 +803,12 @@ class _Live:
         self.cat[sid] = cat
 
     def check(self, moment: str, extra: int = 0) -> None:
-        extra = self.dev.round(int(extra)) if extra else 0
+        if extra:
+            extra = self.dev.round(extra)
         now = self.total + extra
         self.trace.append(now)
         if now > self.peak:
-            self.peak, self.peak_at = now, moment
+            self.peak, self.peak_at = now, moment + self.tag
             parts = {k: v for k, v in self.by.items() if v}
             if extra:
                 parts["workspace"] = parts.get("workspace", 0) + extra
@@ -674,6 +826,7 @@ class _Sim:
         self.first_saver: dict[int, int] = {}  # storage -> node that kept it first
         self.phases: list[tuple[str, int]] = []
         self.activations = 0
+        self.attributing = False
         self.run()
 
     # helpers
@@ -786,9 +939,9 @@ class _Sim:
         self.inputs_bytes = 0
         for i in m.g.inputs:
             t = c["vt"][(i, 0)]
-            self.vals[(i, 0)] = L.alloc(self.nbytes(t), "inputs")
-            L.ref(self.vals[(i, 0)])  # the caller holds the batch; the forward's variable is a second reference
-            self.inputs_bytes += L.size[self.vals[(i, 0)]]
+            sid = self.vals[(i, 0)] = L.alloc(self.nbytes(t), "inputs")
+            L.ref(sid)  # the caller holds the batch; the forward's variable is a second reference
+            self.inputs_bytes += L.size[sid]
         self.targets = None
         if s.training and not m.model_loss and m.out_values:
             lt = c["vt"][(m.out_values[0].node, m.out_values[0].port)]
@@ -798,156 +951,160 @@ class _Sim:
             self.targets = L.alloc(n * 8, "inputs")  # int64 class indices
             self.inputs_bytes += L.size[self.targets]
         L.check("start of step")
+        self.saved_by: dict[int, list[int]] = {}
+        self.seg_inputs: dict[int, list[int]] = {}
+        self.seg_keys: dict[int, list] = {}
+        self.seg_state: dict[int, int] = {}
+        self._recomp_vals: set = set()
         if not s.training:
-            self.forward(mb=1, grad=False)
+            self.forward(grad=False)
             self.phases.append(("end of forward", L.total))
             return
         steps = max(1, s.accumulate)
         for mb in range(1, min(steps, 2) + 1):
-            tag = "" if steps == 1 else f" (micro-batch {mb} of {steps})"
-            self.forward(mb, grad=True, tag=tag)
+            L.tag = "" if steps == 1 else f" (micro-batch {mb} of {steps})"
+            self.attributing = mb == 1
+            self.forward(grad=True)
+            self.attributing = False
             if mb == 1:
                 self.activations = L.by["saved"]
-            self.phases.append(("end of forward" + tag, L.total))
-            self.backward(mb, tag)
-            self.phases.append(("end of backward" + tag, L.total))
+            self.phases.append(("end of forward" + L.tag, L.total))
+            self.backward()
+            self.phases.append(("end of backward" + L.tag, L.total))
+        L.tag = ""
         self.optimizer_step()
         self.phases.append(("after optimizer step", L.total))
 
-    def weight(self, key: str, n: Node, name: str, grad: bool) -> int | None:
-        """The storage an op uses for parameter `key`: the parameter, or its autocast copy."""
-        m, s, L = self.m, self.s, self.live
-        info = self.c["info"][n.id]
-        psid = self.param_sid.get(key)
-        if not (s.autocast and n.op in AUTOCAST_LOW):
-            return None if psid is None or psid < 0 else psid
-        shape = m.param_shape[key]
-        nb = math.prod(shape) * dtype_bytes(info["wdt"])
-        if m.trainable.get(key) and grad:  # cached for the autocast region: one copy per parameter
-            sid = self.cast_cache.get(key)
-            if sid is None:
-                sid = self.cast_cache[key] = L.alloc(nb, "autocast copies")
-            return sid
-        sid = L.alloc(nb, "autocast copies")  # a frozen weight is cast at every use
-        self.tmp.append(sid)
-        return sid
-
-    def forward(self, mb: int, grad: bool, tag: str = "", only: list[int] | None = None,
-                stop_after: int | None = None, recompute: bool = False) -> None:
-        """The forward pass (or, with `only`, a segment's recomputation up to `stop_after`)."""
-        m, s, L, c = self.m, self.s, self.live, self.c
-        info_all, vt = c["info"], c["vt"]
-        if only is None:
-            self.saved_by: dict[int, list[int]] = {}
-            self.cast_cache: dict[str, int] = {}
-            self.cast_of: dict[tuple[int, int], int] = {}
-            self.seg_inputs: dict[int, list[int]] = {}
-            self.seg_state: dict[int, int] = {}
-            self.recomputed: set[int] = set()
-        nodes = m.nodes if only is None else [m.g.node(i) for i in only]
-        local_last: dict[tuple[int, int], int] = {}
-        if only is not None:  # within a recomputation, values die at their last use inside it
-            pos = {nid: k for k, nid in enumerate(only)}
-            for nid in only:
-                for v in m.ins[nid]:
-                    key = (v.node, v.port)
-                    local_last[key] = max(local_last.get(key, -1), pos[nid])
-        for k, n in enumerate(nodes):
-            if n.op in ("input", "output"):
+    def weights(self, pl: _Plan, grad: bool, tmp: list[int]) -> dict[str, int]:
+        """The storages an op uses for its parameters: the parameters, or autocast's copies
+        (cached for the autocast region when the parameter is trainable; a frozen one is
+        cast at every use)."""
+        L = self.live
+        out: dict[str, int] = {}
+        for name, key, trainable, op_bytes, _ in pl.params:
+            if not pl.cast_w:
+                sid = self.param_sid.get(key)
+                if sid is not None and sid >= 0:
+                    out[name] = sid
                 continue
-            info = info_all[n.id]
-            seg = m.segment_of.get(n.id) if grad else None
-            where = ("recompute: " if recompute else "forward: ") + n.path + tag
+            if trainable and grad:
+                sid = self.cast_cache.get(key)
+                if sid is None:
+                    sid = self.cast_cache[key] = L.alloc(op_bytes, "autocast copies")
+            else:
+                sid = L.alloc(op_bytes, "autocast copies")
+                tmp.append(sid)
+            out[name] = sid
+        return out
+
+    def forward(self, grad: bool, only: list[int] | None = None, stop_after: int | None = None) -> None:
+        """The forward pass (or, with `only`, a segment's recomputation up to `stop_after`)."""
+        m, L, c = self.m, self.live, self.c
+        by_id = c["by_id"]
+        recompute = only is not None
+        if not recompute:
+            self.cast_cache: dict[str, int] = {}
+            plans = c["plans"]
+            last_use, keep = m.last_use, m.keep
+        else:
+            plans = [by_id[i] for i in only if i in by_id]
+            last_use = {}
+            for k, pl in enumerate(plans):
+                for key in pl.ins:
+                    last_use[key] = k
+            keep = set()
+        vals = self.vals
+        attributing = self.attributing and not recompute
+        detail = self.detail and not recompute
+        for k, pl in enumerate(plans):
+            seg = pl.seg if grad else None
             if seg is not None and not recompute and seg not in self.seg_inputs:
                 self.enter_segment(seg)
-            self.tmp: list[int] = []
+            tmp: list[int] = []
             ins = []
-            for i, v in enumerate(m.ins[n.id]):
-                sid = self.vals[(v.node, v.port)]
-                if info["casts"][i]:
-                    sid = L.alloc(self.nbytes(info["op_in"][i]), "activations")
-                    self.tmp.append(sid)
-                    self.cast_of[(n.id, i)] = sid
+            for i, key in enumerate(pl.ins):
+                sid = vals[key]
+                if pl.casts[i]:
+                    sid = L.alloc(pl.in_bytes[i], "activations")
+                    tmp.append(sid)
                 ins.append(sid)
-            fp: Footprint = info["fp"]
             outs = []
-            new_bytes = 0
-            for j, t in enumerate(info["outs"]):
-                if j in fp.views:
-                    i = fp.views[j]
-                    sid = ins[i] if i < len(ins) else self.param_sid.get(next(iter(info["keys"].values()), ""), -1)
-                    if sid is None or sid < 0:
-                        sid = L.alloc(0, "activations")
-                    else:
+            views = pl.views
+            for j, nb in enumerate(pl.out_bytes):
+                if j in views:
+                    i = views[j]
+                    if i < len(ins):
+                        sid = ins[i]
                         L.ref(sid)
+                    else:  # a parameter handed out as it is (arch_param)
+                        sid = next((self.param_sid.get(key) for _, key, *_ in pl.params), None)
+                        if sid is None or sid < 0:
+                            sid = L.alloc(0, "activations")
+                        else:
+                            L.ref(sid)
                 else:
-                    sid = L.alloc(self.nbytes(t), "activations")
-                    new_bytes += L.size[sid]
+                    sid = L.alloc(nb, "activations")
                 outs.append(sid)
-            keep = grad and (seg is None or recompute)
-            kept: list[int] = []
-            transient_new = 0
-            weights: dict[str, int] = {}
-            for name, key in info["keys"].items():
-                w = self.weight(key, n, name, grad)
-                if w is not None:
-                    weights[name] = w
-            if grad and info["saved"]:
-                for sv in info["saved"]:
-                    if sv.kind == "new":
-                        if keep:
-                            sid = L.alloc(sv.bytes, "activations")
+            ws = self.weights(pl, grad, tmp) if pl.params else {}
+            keep_saved = grad and (seg is None or recompute)
+            transient = 0
+            if grad and pl.saved:
+                kept: list[int] = []
+                for kind, arg in pl.saved:
+                    if kind == 3:
+                        if keep_saved:
+                            sid = L.alloc(arg, "activations")
                             L.save(sid)
                             L.unref(sid)
                             kept.append(sid)
-                            self._attribute(sid, n)
+                            if attributing:
+                                self._attribute(sid, pl.node)
                         else:
-                            transient_new += int(sv.bytes)
-                    elif keep:
-                        sid = self._resolve(sv, n, ins, outs, weights)
-                        if sid is not None and sid >= 0:
-                            if L.cat.get(sid) in ("parameters", "buffers"):
-                                continue
-                            L.save(sid)
-                            kept.append(sid)
-                            self._attribute(sid, n)
-            if grad and keep:
-                self.saved_by[n.id] = kept
-            elif grad and seg is not None and not recompute:
-                self.saved_by.setdefault(n.id, [])
-            L.check(where, int(fp.fwd_peak) + transient_new)
-            if self.detail and only is None:
-                r = self.nm(n)
-                r.outputs += new_bytes
-                r.workspace = max(r.workspace, int(fp.fwd_peak) + transient_new)
+                            transient += arg
+                        continue
+                    if not keep_saved:
+                        continue
+                    if kind == 0:
+                        sid = ins[arg] if arg < len(ins) else None
+                    elif kind == 1:
+                        sid = outs[arg] if arg < len(outs) else None
+                    else:
+                        sid = ws.get(arg)
+                    if sid is None or sid < 0 or L.cat.get(sid) in ("parameters", "buffers"):
+                        continue
+                    L.save(sid)
+                    kept.append(sid)
+                    if attributing:
+                        self._attribute(sid, pl.node)
+                if keep_saved:
+                    self.saved_by[pl.nid] = kept
+            L.check(pl.rec_at if recompute else pl.fwd_at, pl.fwd + transient)
+            if detail:
+                r = self.nm(pl.node)
+                r.outputs += sum(pl.out_bytes)
+                r.workspace = max(r.workspace, pl.fwd + transient)
             for j, sid in enumerate(outs):
-                self.vals[(n.id, j)] = sid
-            for sid in self.tmp:
+                vals[(pl.nid, j)] = sid
+            for sid in tmp:
                 L.unref(sid)
-            self.tmp = []
             # release variables after their last use, as the generated code does
-            pos_here = k if only is not None else m.order[n.id]
-            for v in m.ins[n.id]:
-                key = (v.node, v.port)
-                last = local_last.get(key) if only is not None else m.last_use.get(key)
-                if last == pos_here and (key not in m.keep or only is not None) and self._owns(key, only):
+            here = k if recompute else m.order[pl.nid]
+            for key in pl.ins:
+                if last_use.get(key) == here and key not in keep and (not recompute or key in self._recomp_vals):
                     self._drop(key)
             for j in range(len(outs)):
-                key = (n.id, j)
+                key = (pl.nid, j)
                 if key not in m.users and key not in m.keep:
                     self._drop(key)
-            if stop_after is not None and n.id == stop_after:
+            if stop_after is not None and pl.nid == stop_after:
                 break
-        if only is not None:
-            # the rest of the recomputed values (the segment's outputs) are discarded
-            for nid in only:
-                for j in range(len(m.g.node(nid).outputs)):
-                    key = (nid, j)
-                    if key in self.vals and key in self._recomp_vals:
-                        self._drop(key)
+        if recompute:
+            for key in list(self._recomp_vals):  # what the recomputation made and nobody kept
+                if key in vals:
+                    self._drop(key)
             return
         if grad:
-            self.loss_forward(tag)
+            self.loss_forward()
         else:
             for v in m.out_values:
                 self._drop((v.node, v.port))
@@ -955,28 +1112,10 @@ class _Sim:
             L.unref(sid)
         self.cast_cache = {}
 
-    def _owns(self, key, only) -> bool:
-        """Inside a recomputation only its own values are released (the segment's inputs stay)."""
-        return only is None or key in self._recomp_vals
-
     def _drop(self, key) -> None:
         sid = self.vals.pop(key, None)
         if sid is not None:
             self.live.unref(sid)
-
-    def _resolve(self, sv: Saved, n: Node, ins: list[int], outs: list[int], weights: dict[str, int]) -> int | None:
-        if sv.kind == "input":
-            return ins[sv.index] if sv.index < len(ins) else None
-        if sv.kind == "output":
-            return outs[sv.index] if sv.index < len(outs) else None
-        if sv.kind == "param":
-            if sv.name in weights:
-                return weights[sv.name]
-            key = self.m.node_params.get(n.id, {}).get(sv.name)
-            if key is None:
-                return None  # a buffer: model state, not an activation
-            return self.param_sid.get(key)
-        return None
 
     def _attribute(self, sid: int, n: Node) -> None:
         if sid not in self.first_saver:
@@ -987,33 +1126,33 @@ class _Sim:
     def enter_segment(self, seg: int) -> None:
         """torch.utils.checkpoint (non-reentrant) keeps the segment's inputs and the RNG state."""
         m, L = self.m, self.live
-        nodes = set(m.s.checkpoint[seg])
-        inputs = []
-        for nid in m.s.checkpoint[seg]:
-            for v in m.ins[nid]:
-                if v.node not in nodes and (v.node, v.port) not in [x for x in inputs]:
-                    inputs.append((v.node, v.port))
+        ids = m.s.checkpoint[seg]
+        inside = set(ids)
+        keys: list = []
+        for nid in ids:
+            for key in m.in_keys.get(nid, []):
+                if key[0] not in inside and key not in keys:
+                    keys.append(key)
         sids = []
-        for key in inputs:
+        first = m.node_by_id[ids[0]]
+        for key in keys:
             sid = self.vals[key]
             L.save(sid)
             sids.append(sid)
-            first = m.g.node(m.s.checkpoint[seg][0])
-            self._attribute(sid, first)
+            if self.attributing:
+                self._attribute(sid, first)
         self.seg_inputs[seg] = sids
-        self.seg_input_keys = getattr(self, "seg_input_keys", {})
-        self.seg_input_keys[seg] = inputs
+        self.seg_keys[seg] = keys
         if m.s.device.rng_state_bytes:
             self.seg_state[seg] = L.alloc(m.s.device.rng_state_bytes, "checkpoint state")
 
     # -- loss ---------------------------------------------------------------------------------------
-    def loss_forward(self, tag: str) -> None:
+    def loss_forward(self) -> None:
         m, s, L, c = self.m, self.s, self.live, self.c
         self.loss_saved: list[int] = []
         if m.model_loss or not m.out_values:
             for v in m.out_values[1:]:
                 self._drop((v.node, v.port))
-            self.loss_grad_dtype = None
             return
         v = m.out_values[0]
         lt = c["vt"][(v.node, v.port)]
@@ -1028,7 +1167,7 @@ class _Sim:
         L.unref(lsm)
         self.loss_saved.append(lsm)
         self._attribute_loss(lsm)
-        L.check("loss (log_softmax)" + tag)
+        L.check("loss (log_softmax)")
         out = L.alloc(4, "activations")  # the loss
         tw = L.alloc(4, "activations")  # nll_loss's total_weight, kept
         L.save(tw)
@@ -1037,7 +1176,7 @@ class _Sim:
         self.loss_saved += [tw, self.targets]
         self._attribute_loss(self.targets)
         self._attribute_loss(tw)
-        L.check("loss (nll)" + tag)
+        L.check("loss (nll)")
         if tmp is not None:
             L.unref(tmp)
         self.loss_out = out
@@ -1048,106 +1187,87 @@ class _Sim:
             self._drop((v.node, v.port))
 
     def _attribute_loss(self, sid: int) -> None:
-        if sid not in self.first_saver:
-            self.first_saver[sid] = -1
-            if self.detail:
-                r = self.node_mem.get(-1)
-                if r is None:
-                    r = self.node_mem[-1] = NodeMemory("(loss)", "cross_entropy", "")
-                r.saved += self.live.size[sid]
+        if not self.attributing or sid in self.first_saver:
+            return
+        self.first_saver[sid] = -1
+        if self.detail:
+            r = self.node_mem.get(-1)
+            if r is None:
+                r = self.node_mem[-1] = NodeMemory("(loss)", "cross_entropy", "")
+            r.saved += self.live.size[sid]
 
     # -- backward -----------------------------------------------------------------------------------
-    def backward(self, mb: int, tag: str) -> None:
-        m, s, L, c = self.m, self.s, self.live, self.c
-        info_all, vt, rg = c["info"], c["vt"], c["rg"]
+    def backward(self) -> None:
+        m, L, c = self.m, self.live, self.c
         self.grads: dict[tuple[int, int], int] = {}
-        self._recomp_vals: set = set()
-        where = "backward: "
+        self.recomputed: set[int] = set()
+        grads = self.grads
         if not m.model_loss and m.out_values:
             root = L.alloc(4, "gradient buffers")
             g_lsm = L.alloc(self.lsm_bytes, "gradient buffers")  # nll_loss backward
-            L.check(where + "loss (nll)" + tag)
+            L.check("backward: loss (nll)")
             L.unref(root)
             L.unref(self.loss_out)
             for sid in self.loss_saved[1:]:
                 L.unsave(sid)
             g_in = L.alloc(self.lsm_bytes, "gradient buffers")  # log_softmax backward
-            L.check(where + "loss (log_softmax)" + tag)
+            L.check("backward: loss (log_softmax)")
             L.unref(g_lsm)
             L.unsave(self.loss_saved[0])
             if self.loss_cast:
                 g2 = L.alloc(self.logit_grad_bytes, "gradient buffers")
-                L.check(where + "loss (cast)" + tag)
+                L.check("backward: loss (cast)")
                 L.unref(g_in)
                 g_in = g2
             v = m.out_values[0]
-            self.grads[(v.node, v.port)] = g_in
+            grads[(v.node, v.port)] = g_in
         elif m.out_values:
             v = m.out_values[0]
-            self.grads[(v.node, v.port)] = L.alloc(4, "gradient buffers")
-        for n in reversed(m.nodes):
-            if n.op in ("input", "output"):
+            grads[(v.node, v.port)] = L.alloc(4, "gradient buffers")
+        for pl in reversed(c["plans"]):
+            if not pl.out_rg:
                 continue
-            info = info_all[n.id]
-            if not info["out_rg"]:
-                continue
-            out_keys = [(n.id, j) for j in range(len(info["outs"]))]
-            got = [self.grads.get(k) for k in out_keys]
+            got = [grads.get((pl.nid, j)) for j in range(len(pl.out_bytes))]
             if all(g is None for g in got):
                 continue
-            seg = m.segment_of.get(n.id)
-            if seg is not None and seg not in self.recomputed and self._needs_recompute(seg, n.id):
-                self.recompute(seg, tag)
-            self.node_backward(n, info, got, mb, tag)
-        for key, sid in list(self.grads.items()):
+            seg = pl.seg
+            if seg is not None and seg not in self.recomputed and pl.saved:
+                self.recompute(seg)
+            self.node_backward(pl, got)
+        for sid in grads.values():
             L.unref(sid)
         self.grads = {}
-        for nid, kept in list(self.saved_by.items()):
+        for kept in self.saved_by.values():
             for sid in kept:
                 L.unsave(sid)
         self.saved_by = {}
-        for seg, sids in list(self.seg_inputs.items()):
+        for seg in list(self.seg_inputs):
             self._leave_segment(seg)
 
-    def _needs_recompute(self, seg: int, nid: int) -> bool:
-        """Recomputation starts when the first node of the segment that saved something runs."""
-        info = self.c["info"][nid]
-        return bool(info["saved"])
-
-    def recompute(self, seg: int, tag: str) -> None:
+    def recompute(self, seg: int) -> None:
         """Rerun the segment's forward from its kept inputs, keeping what its nodes save, up to
         the last node that saves anything (early stop)."""
-        m, L = self.m, self.live
+        m, L, c = self.m, self.live, self.c
         ids = m.s.checkpoint[seg]
-        savers = [nid for nid in ids if self.c["info"].get(nid, {}).get("saved")]
+        savers = [nid for nid in ids if nid in c["by_id"] and c["by_id"][nid].saved]
+        self.recomputed.add(seg)
         if not savers:
-            self.recomputed.add(seg)
             return
-        self._recomp_vals = set()
-        for nid in ids:
-            for j in range(len(m.g.node(nid).outputs)):
-                self._recomp_vals.add((nid, j))
-        # inside the recomputation, values the forward already released are made again
-        saved_vals = {k: self.vals.get(k) for k in self._recomp_vals}
-        for k in self._recomp_vals:
-            self.vals.pop(k, None)
+        self._recomp_vals = {(nid, j) for nid in ids if nid in c["by_id"]
+                             for j in range(len(c["by_id"][nid].out_bytes))}
         injected = []
-        for key, sid in zip(self.seg_input_keys.get(seg, []), self.seg_inputs.get(seg, [])):
+        for key, sid in zip(self.seg_keys.get(seg, []), self.seg_inputs.get(seg, [])):
             if key not in self.vals:
                 self.vals[key] = sid
                 injected.append(key)
         self.cast_cache = {}
-        self.forward(0, grad=True, tag=tag, only=ids, stop_after=savers[-1], recompute=True)
+        self.forward(grad=True, only=ids, stop_after=savers[-1])
         for sid in self.cast_cache.values():  # the recomputation's autocast region ends
             L.unref(sid)
         self.cast_cache = {}
         for key in injected:
             self.vals.pop(key, None)
-        for k, sid in saved_vals.items():
-            if sid is not None and sid in L.size:
-                self.vals[k] = sid
         self._recomp_vals = set()
-        self.recomputed.add(seg)
 
     def _leave_segment(self, seg: int) -> None:
         L = self.live
@@ -1157,88 +1277,77 @@ class _Sim:
         if st is not None:
             L.unref(st)
 
-    def node_backward(self, n: Node, info: dict, got: list, mb: int, tag: str) -> None:
-        m, s, L, c = self.m, self.s, self.live, self.c
-        fp: Footprint = info["fp"]
-        where = "backward: " + n.path + tag
+    def node_backward(self, pl: _Plan, got: list) -> None:
+        m, L, c = self.m, self.live, self.c
+        grads = self.grads
         new_grads: dict[int, int] = {}
-        # gradients of the inputs
-        for i, v in enumerate(m.ins[n.id]):
-            if not info["in_rg"][i]:
+        for i, needed in enumerate(pl.in_rg):  # gradients of the inputs
+            if not needed:
                 continue
-            j = fp.grad_views.get(i)
+            j = pl.grad_views.get(i)
             if j is not None and j < len(got) and got[j] is not None:
                 L.ref(got[j])
                 new_grads[i] = got[j]
             else:
-                new_grads[i] = L.alloc(self.nbytes(info["op_in"][i]), "gradient buffers")
-        # gradients of the parameters
-        pending_cast = []
-        acc_tmp = []
-        for name, key in info["keys"].items():
-            if not m.trainable.get(key):
+                new_grads[i] = L.alloc(pl.in_bytes[i], "gradient buffers")
+        pending: list[tuple[str | None, int]] = []
+        transient: list[int] = []
+        for name, key, trainable, op_bytes, final_bytes in pl.params:  # gradients of the parameters
+            if not trainable:
                 continue
-            nb = math.prod(m.param_shape[key])
-            op_bytes = nb * dtype_bytes(info["wdt"])
-            final_bytes = nb * dtype_bytes(c["param_dtype"])
-            if self._zero_params:
-                acc_tmp.append(L.alloc(op_bytes, "gradient buffers"))  # copied into ZeRO's buffers
-                continue
-            if key in self.grad_sid:  # accumulate into .grad in place: the new one is transient
-                acc_tmp.append(L.alloc(op_bytes, "gradient buffers"))
+            if self._zero_params:  # copied into ZeRO's buffers
+                transient.append(L.alloc(op_bytes, "gradient buffers"))
+            elif key in self.grad_sid:  # accumulated into .grad in place: the new one is transient
+                transient.append(L.alloc(op_bytes, "gradient buffers"))
                 if op_bytes != final_bytes:
-                    pending_cast.append(("acc", final_bytes))
-                continue
-            if op_bytes != final_bytes:  # autocast: the low-precision gradient, then its float32 copy
-                acc_tmp.append(L.alloc(op_bytes, "gradient buffers"))
-                pending_cast.append((key, final_bytes))
+                    pending.append((None, final_bytes))
+            elif op_bytes != final_bytes:  # autocast: the low-precision gradient, then its float32 copy
+                transient.append(L.alloc(op_bytes, "gradient buffers"))
+                pending.append((key, final_bytes))
             else:
                 self.grad_sid[key] = L.alloc(final_bytes, "gradients")
-        L.check(where, int(fp.bwd_peak))
+        L.check(pl.bwd_at, pl.bwd)
         if self.detail:
-            r = self.nm(n)
-            r.workspace = max(r.workspace, int(fp.bwd_peak))
-        for kind, nbytes in pending_cast:  # ToCopyBackward / AccumulateGrad
-            sid = L.alloc(nbytes, "gradients" if kind != "acc" else "gradient buffers")
-            L.check(where + " (gradient cast)")
-            if kind == "acc":
-                L.unref(sid)
+            r = self.nm(pl.node)
+            r.workspace = max(r.workspace, pl.bwd)
+        for key, nbytes in pending:  # ToCopyBackward, then AccumulateGrad
+            sid = L.alloc(nbytes, "gradients" if key else "gradient buffers")
+            L.check(pl.bwd_at)
+            if key:
+                self.grad_sid[key] = sid
             else:
-                self.grad_sid[kind] = sid
-        for sid in acc_tmp:
+                L.unref(sid)
+        for sid in transient:
             L.unref(sid)
-        # the node's inputs (its output gradients) and saved tensors go
-        for j, g in enumerate(got):
+        for j, g in enumerate(got):  # the node's output gradients and saved tensors go
             if g is not None:
                 L.unref(g)
-                del self.grads[(n.id, j)]
-        for sid in self.saved_by.pop(n.id, []):
+                del grads[(pl.nid, j)]
+        for sid in self.saved_by.pop(pl.nid, ()):
             L.unsave(sid)
-        seg = m.segment_of.get(n.id)
-        if seg is not None and seg in self.seg_inputs and n.id == m.s.checkpoint[seg][0]:
+        seg = pl.seg
+        if seg is not None and seg in self.seg_inputs and pl.nid == m.s.checkpoint[seg][0]:
             self._leave_segment(seg)
-        # route the input gradients to their producers
-        for i, sid in new_grads.items():
-            v = m.ins[n.id][i]
-            key = (v.node, v.port)
-            if info["casts"][i]:  # undo autocast's cast: a copy in the producer's dtype
-                sid2 = L.alloc(self.nbytes(c["vt"][key]), "gradient buffers")
-                L.check(where + " (cast back)")
+        for i, sid in new_grads.items():  # route the input gradients to their producers
+            key = pl.ins[i]
+            if pl.casts[i]:  # undo autocast's cast: a copy in the producer's dtype
+                sid2 = L.alloc(pl.prod_bytes[i], "gradient buffers")
+                L.check(pl.bwd_at)
                 L.unref(sid)
                 sid = sid2
-            if not c["rg"].get(key):
+            if not pl.in_grad[i]:
                 L.unref(sid)
                 continue
-            old = self.grads.get(key)
+            old = grads.get(key)
             if old is None:
-                self.grads[key] = sid
+                grads[key] = sid
             else:  # accumulate (in place when one of the two is not shared)
-                L.check(where + " (accumulate)")
+                L.check(pl.bwd_at)
                 if old == sid:
                     fresh = L.alloc(L.size[sid], "gradient buffers")
                     L.unref(sid)
                     L.unref(old)
-                    self.grads[key] = fresh
+                    grads[key] = fresh
                 else:
                     L.unref(sid)
 
@@ -1292,7 +1401,7 @@ class _Sim:
         rep.phases = self.phases
         rep.params_count, rep.trainable_count, rep.largest_layer = self.P, self.Pt, self.largest
         rep.nodes = sorted(self.node_mem.values(), key=lambda r: -r.total) if self.detail else []
-        rep.kv_cache = self.kv_cache(dims)
+        rep.kv_cache = self.kv_cache(dims) if self.detail else 0
         rep.__dict__["_trace"] = L.trace
         rep.assumptions = self.assumptions()
         return rep
@@ -1306,8 +1415,9 @@ class _Sim:
             f = getattr(op, "cache_bytes_per_token", None)
             if f is None or n.op in ("input", "output"):
                 continue
-            ins = c["info"][n.id]["op_in"]
-            per = f(n.attrs, [TensorType(t.shape, c["info"][n.id]["outs"][0].dtype) for t in ins])
+            pl = c["by_id"][n.id]
+            ins = pl.op_in
+            per = f(n.attrs, [TensorType(t.shape, pl.out_types[0].dtype) for t in ins])
             if per:
                 b, t = ins[0].shape[0], ins[0].shape[1]
                 total += per * b * t

@@ -42,7 +42,7 @@ def test_conv_errors():
     fails("E0303", "conv", [(2, 6, 8, 8)], 8, 3, groups=4)   # 4 does not divide 6
     fails("E0303", "conv", [(2, 8, 8, 8)], 6, 3, groups=4)   # nor 6 outputs
     fails("E0303", "conv", [(2, 3, 8, 8)], 8, 3, stride=2, padding="same")
-    fails("E0303", "conv", [(2, Sym.symbol("C"), 8, 8)], 8, 3)  # channels must be known
+    fails("E0213", "conv", [(2, Sym.symbol("C"), 8, 8)], 8, 3)  # channels must be known
     fails("E0305", "conv", [(2, 3, 4, 4)], 8, 5)  # kernel larger than input
     fails("E0305", "conv", [(2, 3, 8, 8)], 0, 3)
     fails("E0305", "conv", [(2, 3, 8, 8)], 8, 3, padding=-1)

@@ -45,8 +45,8 @@ def test_symbolic():
 def test_norm_errors():
     fails("E0302", "bn", [(8,)])
     fails("E0302", "bn", [(1, 2, 3, 4, 5, 6)])
-    fails("E0303", "bn", [(2, Sym.symbol("C"), 4)])
-    fails("E0303", "layernorm", [(2, Sym.symbol("D"))])
+    fails("E0213", "bn", [(2, Sym.symbol("C"), 4)])
+    fails("E0213", "layernorm", [(2, Sym.symbol("D"))])
     fails("E0302", "rmsnorm", [()])
     fails("E0303", "groupnorm", [(2, 6, 4)], 4)
     fails("E0302", "groupnorm", [(6,)], 3)

@@ -1044,9 +1044,6 @@ def test_symbolic_length_through_strided_layers(spec):
         raise
 
 
-@pytest.mark.xfail(strict=True, reason="DIMS-1 in /tmp/shape_issues.md: a floor division of "
-                   "`k * atom` (a stride after a transposed conv or an upsample) is re-evaluated "
-                   "with the wrong grouping when the symbols are substituted")
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @settings(max_examples=100, deadline=None, derandomize=True, database=None,
           phases=[Phase.generate])  # deterministic, and no shrinking of an expected failure
@@ -1070,8 +1067,6 @@ def assert_runs_as_inferred(text: str, values: dict[str, int], input_shape: tupl
             assert [tuple(s) for s in got] == want, node.path
 
 
-@pytest.mark.xfail(strict=True, raises=CompileError, reason="ELAB-1: `[A, B] * N` is rejected (E0206 `*` cannot take "
-                   "a list and an int) although a sequence is a stage")
 def test_repeated_sequence():
     assert_runs_as_inferred("""
 model M() {
@@ -1080,9 +1075,6 @@ model M() {
 }""", {"B": 2}, (2, 4, 8))
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="POOL-1: adaptive pools accept `none` "
-                   "(keep the axis) as a bare size and on 1-D inputs, but lower it as is, which "
-                   "PyTorch rejects")
 @pytest.mark.parametrize("stage, shape", [
     ("adaptive_avg_pool(none)", (2, 3, 5)),
     ("adaptive_max_pool([none])", (2, 3, 5)),
@@ -1097,29 +1089,26 @@ model M() {{
 }}""", {"B": 2}, shape)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="POOL-2: max_pool accepts padding up "
-                   "to half the dilated kernel; PyTorch allows half the kernel")
-def test_max_pool_padding_with_dilation():
-    assert_runs_as_inferred("""
+def test_max_pool_padding_with_dilation_is_limited_as_in_pytorch():
+    with pytest.raises(CompileError) as e:
+        archc.parse("""
 model M() {
     input x: float32[B, 2, 7]
     output y = x -> max_pool(3, dilation=2, padding=2)
-}""", {"B": 2}, (2, 2, 7))
+}""").check()
+    assert e.value.diagnostics[0].code == "E0303"
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="POOL-3: PyTorch's avg_pool3d needs "
-                   "every input axis at least the kernel size even with padding; the compiler "
-                   "accepts it")
-def test_avg_pool_3d_axis_smaller_than_kernel():
-    assert_runs_as_inferred("""
+def test_avg_pool_3d_axis_smaller_than_kernel_is_a_diagnostic():
+    with pytest.raises(CompileError) as e:
+        archc.parse("""
 model M() {
     input x: float32[B, 1, 3, 4, 1]
     output y = x -> avg_pool(3, stride=1, padding=1)
-}""", {"B": 2}, (2, 1, 3, 4, 1))
+}""").check()
+    assert e.value.diagnostics[0].code == "E0305"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="DIMS-1: `3 * ((L - 3) // 2)` after a transposed conv "
-                   "prints and re-evaluates as `3 * (L - 3) // 2` inside the next conv's atom")
 def test_symbolic_length_conv_transpose_then_stride():
     assert_runs_as_inferred("""
 model M() {
