@@ -138,11 +138,17 @@ class Program:
 
         return generate(self.graph(model, plan=plan, dims=dims, args=args, **kwargs), os.path.basename(self.file)).source
 
-    def build(self, model: str | None = None, *, plan=None, dims=None, args=None, **kwargs):
-        """Build a model as a torch.nn.Module whose state_dict keys are the spec's paths."""
+    def build(self, model: str | None = None, *, plan=None, dims=None, args=None, allow_large: bool = False,
+              **kwargs):
+        """Build a model as a torch.nn.Module whose state_dict keys are the spec's paths.
+
+        Models over `LARGE_PARAMS` parameters are refused unless `allow_large=True`:
+        checking a 175B model is instant, allocating it is not."""
         from .compiler.lower.torch import build_module
 
-        return build_module(self.graph(model, plan=plan, dims=dims, args=args, **kwargs), os.path.basename(self.file))
+        graph = self.graph(model, plan=plan, dims=dims, args=args, **kwargs)
+        check_size(graph, allow_large)
+        return build_module(graph, os.path.basename(self.file))
 
     def render(self, model: str | None = None, *, plan=None, dims=None, args=None, **kwargs):
         """A graphviz.Digraph of the model: one node per op, a cluster per block instance."""
@@ -150,6 +156,19 @@ class Program:
 
         kwargs.setdefault("strict", False)
         return render(self.graph(model, plan=plan, dims=dims, args=args, **kwargs))
+
+
+LARGE_PARAMS = 1_000_000_000  # 4 GB of fp32 weights
+
+
+def check_size(graph: Graph, allow_large: bool) -> None:
+    """E0401 for a build that would allocate more than LARGE_PARAMS parameters."""
+    n = count_cost(graph).params
+    if n > LARGE_PARAMS and not allow_large:
+        raise CompileError(Diagnostic("E0401", f"`{graph.name}` has {n:,} parameters ({4 * n / 2**30:.1f} GiB in "
+                                      f"fp32): more than {LARGE_PARAMS:,} to allocate", None,
+                                      help="pass --allow-large (allow_large=True) to build it anyway; "
+                                      "`archc check` and `archc mem` need no weights"))
 
 
 def load(path: str | os.PathLike) -> Program:

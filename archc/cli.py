@@ -169,6 +169,7 @@ def cmd_build(args) -> int:
         prog = api.load(args.file)
         graph = prog.graph(args.model, plan=args.plan, dims=dims, args=settings, **_decisions(args))
         report = count_cost(graph)
+        api.check_size(graph, args.allow_large)
         gen = generate(graph, os.path.basename(args.file))
         from .compiler.lower.torch import load
 
@@ -265,6 +266,8 @@ def _print_memory(r, top: int) -> None:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
     s = r.settings
     dims = ", ".join(f"{k}={v}" for k, v in r.dims.items())
     head = (f"{r.model}: {r.mode} on {r.device.name}, {s.precision}"
@@ -546,17 +549,27 @@ def cmd_search(args) -> int:
     names = [n for n, _ in result.objectives]
     for n, d in result.objectives:
         table.add_column(f"{n} ({d})", justify="right")
-    extra = [m for m in ("test_accuracy", "params", "flops") if m not in names]
+    extra = [m for m in ("test_accuracy", "params", "flops", "memory", "latency") if m not in names
+             and any(m in row["metrics"] for row in result.best)]
     for m in extra:
         table.add_column(m.replace("_", " "), justify="right")
-    table.add_column("decisions")
+    if multi:
+        table.add_column("decisions", overflow="fold")
     for row in result.best:
         metrics = row["metrics"]
         cells = [str(row["trial"])] + [fmt_metric(n, row["values"][n]) for n in names]
         cells += [fmt_metric("accuracy" if m == "test_accuracy" else m, metrics.get(m)) for m in extra]
-        cells.append(", ".join(f"{k}={v}" for k, v in row["arch"].items()))
+        if multi:
+            cells.append(" ".join(f"{k}={v}" for k, v in row["arch"].items()))
         table.add_row(*cells)
     console.print(table)
+    if not multi and result.best:
+        decisions = Table(title=f"decisions of trial {result.best[0]['trial']}")
+        decisions.add_column("choice")
+        decisions.add_column("candidate", overflow="fold")
+        for k, v in result.best[0]["arch"].items():
+            decisions.add_row(k, v)
+        console.print(decisions)
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(result.counts.items()))
     console.print(f"{result.complete} complete trials in study {result.study} ({counts}); "
                   f"this worker ran {result.ran} in {result.seconds:.1f}s")
@@ -592,6 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("build", help="build a model: summary table, optional generated module")
     common(p)
     p.add_argument("-o", "--output", metavar="DIR", help="write the generated module into DIR")
+    p.add_argument("--allow-large", action="store_true",
+                   help=f"build models over {1_000_000_000:,} parameters (allocates their weights)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_build)
 

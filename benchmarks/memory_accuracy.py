@@ -169,7 +169,7 @@ def torchinfo_total(model, inputs) -> int | None:
     return int(s.total_input + s.total_output_bytes + s.total_param_bytes)
 
 
-def compare(case: Case, mode: str) -> dict:
+def compare(case: Case, mode: str, peer: bool = True) -> dict:
     est = estimate(case, mode)
     meas, model, inputs = measure(case, mode)
     st = meas.state
@@ -179,7 +179,7 @@ def compare(case: Case, mode: str) -> dict:
         "peak_est": est.peak, "peak_meas": meas.peak.peak, "peak_at": est.peak_at,
         "params": (est.parameters, st.parameters), "grads": (est.gradients, st.gradients),
         "optimizer": (est.optimizer, st.optimizer), "buffers": (est.buffers, st.buffers),
-        "torchinfo": torchinfo_total(model, inputs) if mode == "fp32" else None,
+        "torchinfo": torchinfo_total(model, inputs) if peer and mode == "fp32" else None,
     }
 
 

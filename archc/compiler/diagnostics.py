@@ -40,6 +40,7 @@ CODES: dict[str, str] = {
     "E0102": "import cycle",
     "E0103": "duplicate definition",
     "E0104": "model not found",
+    "E0105": "import outside the allowed folders",
     "E0201": "unknown name",
     "E0202": "unknown op or block",
     "E0203": "unknown argument",

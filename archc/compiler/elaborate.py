@@ -23,7 +23,7 @@ from .resolve import BUILTINS, Program
 
 DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
 MAX_CALL_DEPTH = 64
-MAX_NODES = 200_000
+MAX_NODES = 100_000  # op instances in one graph; a 175B GPT-3 has about 2,000
 
 
 # -- values ------------------------------------------------------------------
@@ -346,9 +346,12 @@ class Elaborator:
             it = self.eval(s.iter, scope)
             if not isinstance(it, (list, tuple, range)):
                 raise self.err("E0206", f"`for` needs a list or `range(...)`, got {kind_of(it)}", s.iter.span, scope)
-            for x in it:
+            for i, x in enumerate(it):
+                before = self.graph._next
                 scope.vars[s.var] = x
                 self._run(s.body, scope)
+                if i == 0:
+                    self._check_growth(self.graph._next - before, len(it) - 1, s.iter.span, scope)
         elif isinstance(s, A.Assert):
             if not self._truth(self.eval(s.cond, scope), s.cond.span, scope):
                 raise self.err("E0208", s.message or "assertion failed", s.cond.span, scope,
@@ -900,8 +903,11 @@ class Elaborator:
             if st.count == 0:  # no copies: the identity, as an empty nn.Sequential
                 return inputs[0] if len(inputs) == 1 else tuple(inputs)
             v = inputs
-            for _ in range(st.count):
+            for i in range(st.count):
+                before = self.graph._next
                 v = self.apply(st.stage, v if isinstance(v, list) else [v], scope, span)
+                if i == 0:
+                    self._check_growth(self.graph._next - before, st.count - 1, st.span or span, scope)
             return v
         if isinstance(st, ModuleRef):
             return self._reuse(st, inputs, scope, span)
@@ -922,6 +928,14 @@ class Elaborator:
             return v
         raise self.err("E0206", f"{kind_of(st)} is not a stage", span, scope,
                        help="a stage is an op, a block, a labelled module or a list of stages")
+
+    def _check_growth(self, per_copy: int, copies_left: int, span, scope) -> None:
+        """Refuse, before building them, repetitions that would pass the node limit."""
+        if len(self.graph) + per_copy * copies_left > MAX_NODES:
+            total = len(self.graph) + per_copy * copies_left
+            raise self.err("E0401", f"this would make about {total:,} op instances, more than the limit of "
+                           f"{MAX_NODES:,}", span, scope,
+                           help="a network this large is almost certainly a mistake in a count")
 
     def _fresh(self, scope: Scope, base: str) -> str:
         """The next unused `{base}_{k}` name in this scope."""
@@ -954,8 +968,11 @@ class Elaborator:
         i = 0
         for st in stages:
             copies = [st.stage] * st.count if isinstance(st, Repeat) else [st]
-            for c in copies:
+            for k, c in enumerate(copies):
+                before = self.graph._next
                 v = self.apply(c, v if isinstance(v, list) else [v], child, span, label=str(i))
+                if k == 0 and len(copies) > 1:
+                    self._check_growth(self.graph._next - before, len(copies) - 1, st.span or span, scope)
                 i += 1
         return v[0] if isinstance(v, list) and len(v) == 1 else v
 

@@ -29,6 +29,20 @@ class Program:
                 if d.kind == "model" and (not own_only or (d.span and d.span.file == self.root))]
 
 
+MAX_IMPORT_DEPTH = 32
+
+
+def allowed_roots(base: Path) -> list[Path]:
+    """Where a file in `base` may import from: its own folder tree first, then the
+    folders in ARCHC_PATH, then the shipped specs."""
+    roots = [base.resolve()]
+    for entry in os.environ.get("ARCHC_PATH", "").split(os.pathsep):
+        if entry:
+            roots.append(Path(entry).resolve())
+    roots.append(SPECS_DIR.resolve())
+    return roots
+
+
 def std_path(dotted: str) -> Path:
     """`std.resnet` -> archc/specs/resnet.arch."""
     parts = dotted.split(".")
@@ -97,12 +111,25 @@ def _import(prog: Program, imp: A.Import, base: Path, stack: list[str], errors: 
                                      "shipped specs: " + ", ".join(shipped)))
             return
     else:
-        path = (base / imp.target)
-        if not path.is_file():
+        roots = allowed_roots(base)
+        candidates = [base / imp.target] + [r / imp.target for r in roots[1:] if not Path(imp.target).is_absolute()]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
             errors.append(Diagnostic("E0101", f"cannot find `{imp.target}`", imp.span,
-                                     label=f"looked for {path}",
-                                     help="import paths are relative to the importing file"))
+                                     help="import paths are relative to the importing file (or a folder in "
+                                     "ARCHC_PATH)"))
             return
+        path = found[0].resolve()  # symbolic links are followed before the check below
+        if not any(path.is_relative_to(r) for r in roots):
+            errors.append(Diagnostic("E0105", f"`{imp.target}` is outside the folders a spec may import from",
+                                     imp.span, label=f"this is {path}",
+                                     help="a spec imports files under its own folder, folders named in "
+                                     "ARCHC_PATH, and `std.*`"))
+            return
+    if len(stack) >= MAX_IMPORT_DEPTH:
+        errors.append(Diagnostic("E0402", f"imports nest deeper than {MAX_IMPORT_DEPTH} files", imp.span,
+                                 help="flatten the chain of imports"))
+        return
     key = str(path.resolve())
     if key in stack:
         chain = " -> ".join(Path(s).name for s in stack[stack.index(key):] + [key])

@@ -222,4 +222,5 @@ class File(Node):
     path: str = field(default="<string>", compare=False)
     # For the formatter (archc/grammar/printer.py) only; never compared:
     comments: list[Comment] = field(default_factory=list, compare=False, repr=False)
-    braces: list[tuple[int, int, str]] = field(default_factory=list, compare=False, repr=False)  # (line, column, "{" or "}")
+    # (line, column, "{" or "}") of every brace:
+    braces: list[tuple[int, int, str]] = field(default_factory=list, compare=False, repr=False)

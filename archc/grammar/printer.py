@@ -83,17 +83,20 @@ class _Line:
 
 
 class _Fill:
-    """Items separated by `, `; broken, as many items per line as fit."""
-    __slots__ = ("items", "k")
+    """Items separated by `, `; broken, as many items per line as fit, and a
+    line break after an item that itself spans lines."""
+    __slots__ = ("items", "k", "after_broken")
 
-    def __init__(self, items: list, k: int = 0):
-        self.items, self.k = items, k
+    def __init__(self, items: list, k: int = 0, after_broken: bool = False):
+        self.items, self.k, self.after_broken = items, k, after_broken
 
 
 _SPACE = _Line(" ")
 
 
 def _fits(doc, rest: list, room: int) -> bool:
+    """Whether `doc`, flat, and what follows it up to the next line break fit in `room`.
+    Groups that follow count as flat: an earlier bracket breaks before a later one."""
     cmds = [(False, doc)]
     i = len(rest)
     while room >= 0:
@@ -109,7 +112,9 @@ def _fits(doc, rest: list, room: int) -> bool:
             room -= len(d)
         elif isinstance(d, list):
             cmds.extend((broken, x) for x in reversed(d))
-        elif isinstance(d, (_Group, _Align)):
+        elif isinstance(d, _Group):
+            cmds.append((False, d.doc))
+        elif isinstance(d, _Align):
             cmds.append((broken, d.doc))
         elif isinstance(d, _Fill):
             if not broken:
@@ -145,16 +150,18 @@ def _render(doc, column: int = 0, width: int = WIDTH) -> str:
             if not broken:
                 stack.append((ind, False, _join(d.items, ", ")))
             elif d.k == 0:
-                if len(d.items) > 1:
-                    stack.append((ind, True, _Fill(d.items, 1)))
                 if d.items:
-                    stack.append((ind, True, d.items[0]))
+                    broken_item = not _item_fits(d.items, 0, stack, width - pos)
+                    if len(d.items) > 1:
+                        stack.append((ind, True, _Fill(d.items, 1, broken_item)))
+                    stack.append((ind, broken_item, d.items[0]))
             else:  # after item k - 1: does `, item` fit on this line?
                 item, last = d.items[d.k], d.k == len(d.items) - 1
-                flat = _fits([" ", item] if last else [" ", item, ","], stack if last else [], width - pos - 1)
+                flat = not d.after_broken and _item_fits(d.items, d.k, stack, width - pos - 2)
+                broken_item = not flat and not _item_fits(d.items, d.k, stack, width - ind)
                 if not last:
-                    stack.append((ind, True, _Fill(d.items, d.k + 1)))
-                stack.append((ind, not flat, item))
+                    stack.append((ind, True, _Fill(d.items, d.k + 1, broken_item)))
+                stack.append((ind, broken_item, item))
                 stack.append((ind, True, ", " if flat else [",", _SPACE]))
         elif broken:
             out.append("\n" + " " * ind)
@@ -163,6 +170,13 @@ def _render(doc, column: int = 0, width: int = WIDTH) -> str:
             out.append(d.flat)
             pos += len(d.flat)
     return "".join(out)
+
+
+def _item_fits(items: list, k: int, rest: list, room: int) -> bool:
+    """Whether item k of a fill fits flat in `room`, with its comma (or, the last, what follows the fill)."""
+    if k == len(items) - 1:
+        return _fits(items[k], rest, room)
+    return _fits([items[k], ","], [], room)
 
 
 def _join(docs: list, sep) -> list:

@@ -197,8 +197,8 @@ def measure_training(model, inputs, target, optimizer, *, autocast_dtype=None, a
     """Measure a steady-state CPU training step of `model` (already in train mode).
 
     `warmup` steps first create the optimizer's state; then (a) saved-for-backward bytes
-    of one forward and loss, (b) the replayed peak of one `train_step`, (c) model-state
-    bytes right after a backward pass (gradients present)."""
+    of one forward and loss, (c) model-state bytes right after its backward pass
+    (gradients present), and (b) the replayed peak of one `train_step`."""
     for _ in range(warmup):
         train_step(model, inputs, target, optimizer, autocast_dtype=autocast_dtype)
     exclude = list(model.parameters()) + list(model.buffers())
@@ -206,17 +206,13 @@ def measure_training(model, inputs, target, optimizer, *, autocast_dtype=None, a
                                exclude=exclude)
     saved.result.backward()
     saved.result = None
+    state = model_state(model, optimizer)
     optimizer.zero_grad(set_to_none=True)
     batch = distinct_bytes(list(inputs) + [target])
     base = distinct_bytes(exclude + optimizer_tensors(optimizer) + list(inputs) + [target] +
                           [p.grad for p in model.parameters()])
     peak = replay_peak(lambda: train_step(model, inputs, target, optimizer, autocast_dtype=autocast_dtype,
                                           accumulate=accumulate), base=base)
-    loss = forward_loss(model, inputs, target, autocast_dtype=autocast_dtype)
-    loss.backward()
-    del loss
-    state = model_state(model, optimizer)
-    optimizer.zero_grad(set_to_none=True)
     return Measurement(saved, peak, state, batch)
 
 

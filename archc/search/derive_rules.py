@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -335,27 +336,36 @@ def to_decisions(layout: CellLayout, genotype: Genotype) -> dict[str, int]:
 # -- writing the result back as .arch text -----------------------------------------------------
 
 def derive_arch(program, model: str | None, derived: Derived | dict[str, int], *, args: dict | None = None) -> str:
-    """The derived architecture as a plain `.arch` file.
+    """The derived architecture as a plain `.arch` file, self-contained.
 
     `Program.derive` resolves `choice(...)`; a `cell(...)` it leaves as it is is
     given a `genotype=` argument here (per group: `genotype=G1 if GROUP == "normal"
     else G2`), written with the cell's own `ops` (the op as written in the `ops`
-    list, or `OPS[k]`), so every module keeps its path."""
+    list, or `OPS[k]`), so every module keeps its path. A model imported by the
+    program's file (`import std.darts` and a plan for `DartsSearch`) is derived
+    from the file that declares it; `args` become the model's defaults, so the
+    file builds the searched network as it is."""
+    from .. import api
     from ..grammar import ast as A
     from ..grammar.parser import parse
-    from ..grammar.printer import print_file
-    from .. import api
 
     if isinstance(derived, dict):
         decisions, genotypes = derived, None
     else:
         decisions, genotypes = derived.decisions, derived.columns
-    text = program.derive(model, decisions, args=args)
-    tree = parse(text, filename=program.file)
+    model = program._model(model)
+    home = program._prog.blocks[model].span.file
+    source = program if home == program.file else api.load(home)
+    text = source.derive(model, decisions, args=args)
+    tree = parse(text, filename=home)
+    args = dict(args or {})
+    left = _bake_args(tree, model, args)
+    if home != program.file:  # relative imports of the model's file: make them absolute
+        for d in tree.decls:
+            if isinstance(d, A.Import) and not d.is_std and not os.path.isabs(d.target):
+                d.target = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(home)), d.target))
     calls = _cell_calls(tree)
-    if not calls:
-        return text
-    if genotypes is None:
+    if calls and genotypes is None:
         raise ValueError("the space has cells: pass the `Derived` result, not bare decisions")
     lets = {d.name: d.value for d in tree.decls if isinstance(d, A.Let)}
     taken = set(lets) | {d.name for d in tree.decls if isinstance(d, A.BlockDecl)}
@@ -367,7 +377,9 @@ def derive_arch(program, model: str | None, derived: Derived | dict[str, int], *
         ops = kw["ops"].value if "ops" in kw else None
         items = ops.items if isinstance(ops, A.ListExpr) else (
             lets[ops.id].items if isinstance(ops, A.Name) and isinstance(lets.get(ops.id), A.ListExpr) else None)
-        local = items is not None and isinstance(ops, A.ListExpr) and _names_in(items) - taken - {"zero"}
+        # a genotype that refers to the block's own variables (an inline `ops` list, a parameter)
+        # is written in place; one over a file-level `let` list gets a `let` of its own
+        local = not (isinstance(ops, A.Name) and isinstance(lets.get(ops.id), A.ListExpr))
 
         def op_ast(k):
             if items is not None:
@@ -397,6 +409,8 @@ def derive_arch(program, model: str | None, derived: Derived | dict[str, int], *
         call.kwargs = call.kwargs + [A.Kwarg("genotype", expr)]
     first = next((i for i, d in enumerate(tree.decls) if isinstance(d, A.BlockDecl)), len(tree.decls))
     tree.decls[first:first] = new_lets
+    from ..grammar.printer import print_file
+
     out = print_file(tree)
     if not isinstance(derived, dict):
         head = [f"# Cells derived from the supernet's α by the `{derived.rule}` rule:"]
@@ -404,33 +418,47 @@ def derive_arch(program, model: str | None, derived: Derived | dict[str, int], *
         first, sep, rest = out.partition("\n")
         out = (first + sep + "\n".join(head) + "\n" + rest) if first.startswith("#") else \
             "\n".join(head) + "\n" + out
-    check = api.parse(out, filename=program.file)
-    leftover = check.graph(model, args=args, strict=False).decisions
+    if left:
+        note = "# Build it with " + ", ".join(f"{k}={v!r}" for k, v in left.items()) + " (not writable as defaults)"
+        first, sep, rest = out.partition("\n")
+        out = first + sep + note + "\n" + rest
+    check = api.parse(out, filename=home)
+    leftover = check.graph(model, args=left, strict=False).decisions
     if leftover:
         raise ValueError(f"the derived file still has undecided choices: {', '.join(list(leftover)[:4])}")
     return out
 
 
-def _names_in(node) -> set[str]:
-    from dataclasses import fields
-
+def _literal(v):
+    """The AST of a plain value, or None."""
     from ..grammar import ast as A
 
-    out: set[str] = set()
+    if isinstance(v, bool) or v is None:
+        return A.Const(v)
+    if isinstance(v, (int, float)):
+        return A.Num(v, text=repr(v))
+    if isinstance(v, str):
+        return A.Str(v)
+    if isinstance(v, (list, tuple)):
+        items = [_literal(x) for x in v]
+        return None if any(i is None for i in items) else A.ListExpr(items)
+    return None
 
-    def walk(n):
-        if isinstance(n, list):
-            for x in n:
-                walk(x)
-        elif isinstance(n, A.Node):
-            if isinstance(n, A.Name):
-                out.add(n.id)
-            for f in fields(n):
-                if f.name != "span":
-                    walk(getattr(n, f.name))
 
-    walk(node)
-    return out
+def _bake_args(tree, model: str, args: dict) -> dict:
+    """Write `args` as the model's parameter defaults; returns those that could not be written."""
+    from ..grammar import ast as A
+
+    decl = next((d for d in tree.decls if isinstance(d, A.BlockDecl) and d.name == model), None)
+    left = {}
+    for k, v in args.items():
+        p = next((p for p in decl.params if p.name == k), None) if decl else None
+        lit = _literal(v)
+        if p is None or lit is None:
+            left[k] = v
+            continue
+        p.default = lit
+    return left
 
 
 def _cell_calls(tree) -> list:

@@ -176,7 +176,8 @@ def test_imports_and_lets_move_first_keeping_their_order():
 
 
 def test_else_block_holding_only_an_if_prints_as_else_if():
-    text = "model M() {\n    if a {\n        x = 1\n    } else {\n        if b {\n            x = 2\n        }\n    }\n}\n"
+    text = ("model M() {\n    if a {\n        x = 1\n    } else {\n        if b {\n            x = 2\n        }\n"
+            "    }\n}\n")
     out = roundtrip(parse(text))
     assert "    } else if b {\n" in out
 

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from archc.runtime.data import DataError, digits, load_data, split_tensors
 

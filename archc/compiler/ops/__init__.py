@@ -5,3 +5,4 @@ from . import conv, norm, activation, regularize, pooling, shape, elementwise, s
 from . import graph_io  # noqa: F401
 from . import attention, position  # noqa: F401
 from . import search  # noqa: F401
+from . import recurrent  # noqa: F401

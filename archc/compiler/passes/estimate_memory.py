@@ -874,18 +874,24 @@ class _Sim:
             mixed = s.mixed
             f_b, m_b = (4, 4) if mixed else (0, 0)
             g_b = pb
+            # DeepSpeed's layout (its estimate_zero{2,3}_model_states_mem_needs): 16-bit parameters
+            # and gradients, and per GPU a 1/N partition of the float32 gradients, the float32
+            # master weights and the optimizer state; ZeRO-3 partitions the parameters too and
+            # gathers the largest layer (twice over) to compute. Partitions are taken whole and
+            # floored once, as DeepSpeed's int(18 * P / N).
+            opt, master = Pt * opt_per // N, Pt * m_b // N
             if not s.training:
-                params = P * pb
-                grads = opt = master = 0
+                params, grads, opt, master = P * pb, 0, 0, 0
             elif z == 1:
-                params, grads = P * pb, Pt * g_b + Pt * f_b // N
-                opt, master = Pt * opt_per // N, Pt * m_b // N
+                params = P * pb
+                grads = Pt * g_b + (Pt * (f_b + m_b + opt_per) // N - opt - master)
             elif z == 2:
-                params, grads = P * pb, Pt * (g_b + f_b) // N
-                opt, master = Pt * opt_per // N, Pt * m_b // N
+                params = P * pb
+                grads = Pt * (g_b + f_b + m_b + opt_per) // N - opt - master
             else:
+                part = (P * pb + Pt * (f_b + m_b + opt_per)) // N
                 params = P * pb // N + 2 * pb * self.largest
-                grads, opt, master = Pt * f_b // N, Pt * opt_per // N, Pt * m_b // N
+                grads = part - P * pb // N - opt - master
             for cat, v in (("parameters", params), ("gradients", grads), ("optimizer", opt), ("master", master)):
                 if v:
                     L.alloc(v, cat)
@@ -937,10 +943,10 @@ class _Sim:
         self.model_state()
         self.vals: dict[tuple[int, int], int] = {}
         self.inputs_bytes = 0
+        self.input_sids: dict[tuple[int, int], int] = {}
         for i in m.g.inputs:
             t = c["vt"][(i, 0)]
-            sid = self.vals[(i, 0)] = L.alloc(self.nbytes(t), "inputs")
-            L.ref(sid)  # the caller holds the batch; the forward's variable is a second reference
+            sid = self.input_sids[(i, 0)] = L.alloc(self.nbytes(t), "inputs")  # the caller holds the batch
             self.inputs_bytes += L.size[sid]
         self.targets = None
         if s.training and not m.model_loss and m.out_values:
@@ -1005,6 +1011,9 @@ class _Sim:
         if not recompute:
             self.cast_cache: dict[str, int] = {}
             plans = c["plans"]
+            for key, sid in self.input_sids.items():  # the forward's own variables for the inputs
+                self.vals[key] = sid
+                L.ref(sid)
             last_use, keep = m.last_use, m.keep
         else:
             plans = [by_id[i] for i in only if i in by_id]

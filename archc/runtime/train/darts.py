@@ -124,6 +124,7 @@ class DartsCallback(Callback):
     # -- fit's hooks
     def on_fit_start(self, state: TrainState) -> None:
         self._valid_iter = _cycle(self.valid)
+        state.extras["darts"] = self  # for other callbacks: genotypes, history, start_epoch
 
     def lr_at(self, epoch: int) -> float:
         base, lo, total = self.train_cfg.lr, self.cfg.lr_min, self.total_epochs

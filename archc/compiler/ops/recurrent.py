@@ -1,0 +1,573 @@
+"""Recurrent and temporal ops: rnn, lstm, gru, conv_lstm; temporal_sample, temporal_pool,
+temporal_repeat; select and last_hidden for reading recurrent states.
+
+Layouts (LANGUAGE.md section 2): sequences are batch first, `[B, T, F]`; videos are
+`[B, C, T, H, W]`.
+
+`rnn`, `lstm` and `gru` are torch.nn.RNN / LSTM / GRU with `batch_first=True`, under
+the same parameter names and in the same order, so torch.nn's state dicts load as
+they are. Each returns two tensors, `(outputs, state)`:
+
+- outputs: `[B, T, D·hidden]` (D = 2 when bidirectional: forward and backward
+  halves concatenated, as torch does);
+- state: for `rnn` and `gru`, h_n `[layers·D, B, hidden]` (torch's layout: layer 0
+  forward, layer 0 backward, layer 1 forward...); for `lstm`, h_n and c_n stacked
+  into one tensor `[2, layers·D, B, hidden]` (`state[0]` is h_n, `state[1]` c_n), so
+  that `out, state = x -> lstm(256)` unpacks as for the other two and the state can be
+  handed to another lstm whole.
+
+An initial state is the tensor attribute `state=` (same shape as the state returned;
+zeros when not given). `select(dim, index)` picks a slice (`state -> select(0, 0)` is
+an lstm's h_n) and `last_hidden(directions)` gives the last layer's hidden state
+`[B, D·hidden]`, directions concatenated, for a classifier head.
+
+`conv_lstm(hidden, kernel)` is the ConvLSTM of Shi et al. (2015) over videos
+`[B, C, T, H, W]` -> `([B, hidden, T, H, W], state [2, B, hidden, H, W])`: its gates come
+from one convolution over `[x_t, h_{t-1}]` (module `conv`, "same" padding), with
+optional peephole weights `w_ci`, `w_cf`, `w_co` `[hidden, H, W]`. Its runtime module
+is archc.runtime.recurrent.ConvLSTM.
+
+Ops never import torch: runtime classes are named by `_Runtime`, which generated code
+imports by module and name.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Literal
+
+from ..dims import Dim
+from ..ir import TensorType
+from .base import (Attrs, Code, Footprint, Module, Op, Saved, ShapeError, contiguous_strides, dtype_bytes,
+                   expect_rank, register, static_int)
+
+
+class _Runtime:
+    """A runtime class named without importing it (archc.runtime imports torch).
+
+    Lowering's `_target` reads `__module__` and `__qualname__` and writes an import into the
+    generated source; calling the object imports the real class and instantiates it."""
+
+    def __init__(self, module: str, qualname: str):
+        self.__module__ = module
+        self.__qualname__ = qualname
+
+    def __call__(self, *args, **kwargs):
+        return getattr(importlib.import_module(self.__module__), self.__qualname__)(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{self.__module__}.{self.__qualname__}"
+
+
+LSTM_MODULE = _Runtime("archc.runtime.recurrent", "LSTM")
+CONV_LSTM_MODULE = _Runtime("archc.runtime.recurrent", "ConvLSTM")
+
+
+def _known_ne(a: Dim, b: Dim) -> bool:
+    return isinstance(a, int) and isinstance(b, int) and a != b
+
+
+def _norm_dim(d: int, x: TensorType, what: str) -> int:
+    if not -x.rank <= d < x.rank:
+        raise ShapeError("E0304", f"{what}: dimension {d} is out of range for {x} (rank {x.rank})",
+                         label=f"dim={d}", help=f"use an axis in [{-x.rank}, {x.rank - 1}]")
+    return d % x.rank
+
+
+# -- rnn, lstm, gru ----------------------------------------------------------------------
+
+class RecurrentAttrs(Attrs):
+    hidden: int
+    layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    bias: bool = True
+
+
+class RNNAttrs(RecurrentAttrs):
+    nonlinearity: Literal["tanh", "relu"] = "tanh"
+
+
+_SEQ_HELP = ("a recurrent layer reads sequences [B, T, F] (batch first); for a video [B, C, T, H, W], "
+             "pool the spatial axes and put time second: `mean(dim=[3, 4]) -> transpose(1, 2)`")
+
+
+class Recurrent(Op):
+    """Shared rule of rnn, lstm and gru: `gates` weight blocks per layer and direction."""
+
+    Attrs = RecurrentAttrs
+    tensor_attrs = ("state",)
+    gates = 1
+    torch_class = ""
+    stacked = False  # lstm: h_n and c_n stacked into one state tensor
+
+    def _check(self, a: RecurrentAttrs, ins: list[TensorType]) -> tuple[int, int]:
+        """(input width, directions); checks the attributes and the initial state."""
+        x = ins[0]
+        if x.rank != 3:
+            raise ShapeError("E0302", f"{self.name} expects a sequence [B, T, F] (rank 3), got {x}",
+                             label=f"this is {x} (rank {x.rank})", help=_SEQ_HELP)
+        f = static_int(x.shape[2], f"{self.name}'s input width (last axis)")
+        if a.hidden <= 0 or a.layers <= 0:
+            raise ShapeError("E0305", f"{self.name} needs a positive hidden size and layer count, got "
+                             f"hidden={a.hidden}, layers={a.layers}")
+        if not 0.0 <= a.dropout < 1.0:
+            raise ShapeError("E0207", f"{self.name}: dropout must be in [0, 1), got {a.dropout}")
+        d = 2 if a.bidirectional else 1
+        if len(ins) > 1:
+            self._check_state(a, x, ins[1], d)
+        return f, d
+
+    def _state_shape(self, a, x: TensorType, d: int) -> tuple:
+        s = (a.layers * d, x.shape[0], a.hidden)
+        return (2,) + s if self.stacked else s
+
+    def _check_state(self, a, x: TensorType, s: TensorType, d: int) -> None:
+        want = self._state_shape(a, x, d)
+        layout = ("[2, layers·directions, B, hidden] (h_n and c_n stacked)" if self.stacked
+                  else "[layers·directions, B, hidden]")
+        if s.rank != len(want):
+            raise ShapeError("E0302", f"{self.name}: the initial `state` must be {layout}, i.e. "
+                             f"{TensorType(want, x.dtype)}, got {s}", label=f"`state` is {s}",
+                             help="an lstm's state has h_n and c_n stacked; an rnn's or gru's is h_n alone"
+                             if abs(s.rank - len(want)) == 1 else None)
+        if self.stacked and _known_ne(s.shape[0], 2):
+            raise ShapeError("E0303", f"{self.name}: the initial `state` must stack h_n and c_n on its first "
+                             f"axis (size 2), got {s}", label=f"`state` is {s}")
+        k = 1 if self.stacked else 0
+        slices, batch, width = s.shape[k], s.shape[k + 1], s.shape[k + 2]
+        if _known_ne(slices, a.layers * d):
+            kind = "bidirectional" if d == 2 else "unidirectional"
+            got_d = "bidirectional" if isinstance(slices, int) and slices == 2 * a.layers else None
+            help_ = None
+            if got_d and d == 1:
+                help_ = ("a bidirectional layer's state has two slices per layer (forward, backward): make this "
+                         "layer bidirectional too, or merge the directions first (a `linear` bridge, or "
+                         "`select` one direction)")
+            elif d == 2 and isinstance(slices, int) and 2 * slices == a.layers * d:
+                help_ = "this state comes from a unidirectional layer: give the bidirectional layer one per direction"
+            raise ShapeError("E0303", f"{self.name}: the initial `state` has {slices} (layer x direction) slices, "
+                             f"but a {a.layers}-layer {kind} {self.name} needs {a.layers * d}",
+                             label=f"`state` is {s}", help=help_)
+        if _known_ne(width, a.hidden):
+            raise ShapeError("E0303", f"{self.name}: the initial `state` has width {width}, but hidden={a.hidden}",
+                             label=f"`state` is {s}", help="the state's last axis is the hidden size")
+        if _known_ne(batch, x.shape[0]):
+            raise ShapeError("E0301", f"{self.name}: the initial `state` has batch {batch}, the input {x} has "
+                             f"{x.shape[0]}", label=f"`state` is {s}")
+        if s.dtype != x.dtype:
+            raise ShapeError("E0303", f"{self.name}: the initial `state` is {s.dtype}, the input {x.dtype}",
+                             label=f"`state` is {s}")
+
+    def infer(self, a, ins):
+        _, d = self._check(a, ins)
+        x = ins[0]
+        out = TensorType((x.shape[0], x.shape[1], d * a.hidden), x.dtype)
+        return [out, TensorType(self._state_shape(a, x, d), x.dtype)]
+
+    def _inputs(self, a, f: int, d: int) -> list[int]:
+        return [f if k == 0 else d * a.hidden for k in range(a.layers)]
+
+    def params(self, a, ins):
+        f, d = self._check(a, ins)
+        g = self.gates * a.hidden
+        p: dict[str, tuple[int, ...]] = {}
+        for k, width in enumerate(self._inputs(a, f, d)):
+            for sfx in ("", "_reverse")[:d]:
+                p[f"weight_ih_l{k}{sfx}"] = (g, width)
+                p[f"weight_hh_l{k}{sfx}"] = (g, a.hidden)
+                if a.bias:
+                    p[f"bias_ih_l{k}{sfx}"] = (g,)
+                    p[f"bias_hh_l{k}{sfx}"] = (g,)
+        return p
+
+    def flops(self, a, ins, outs):
+        f, d = self._check(a, ins)
+        x = ins[0]
+        bt = x.shape[0] * x.shape[1]
+        total: Dim = 0
+        for width in self._inputs(a, f, d):
+            total = total + 2 * bt * self.gates * a.hidden * (width + a.hidden) * d
+        return total
+
+    def _kwargs(self, a) -> dict:
+        kw = {}
+        if a.layers != 1:
+            kw["num_layers"] = a.layers
+        if not a.bias:
+            kw["bias"] = False
+        kw["batch_first"] = True
+        if a.dropout:
+            kw["dropout"] = a.dropout
+        if a.bidirectional:
+            kw["bidirectional"] = True
+        return kw
+
+    def _target(self):
+        return self.torch_class
+
+    def lower(self, a, ins, outs):
+        f, _ = self._check(a, ins)
+        call = "{m}({0}, {1})" if len(ins) > 1 else "{m}({0})"
+        return Module(self._target(), (f, a.hidden), self._kwargs(a), call=call)
+
+    # memory: an estimate of what the CPU kernels keep (not measured): the input, each layer's
+    # gate activations and cell states over time, and the outputs of the layers below the last
+    def saved(self, a, ins, outs, ctx):
+        if not ctx.any_grad:
+            return []
+        f, d = self._check(a, ins)
+        x = ins[0]
+        bt = x.shape[0] * x.shape[1]
+        per = dtype_bytes(x.dtype)
+        cells = 2 if self.stacked else 1
+        gates = a.layers * d * bt * (self.gates + cells) * a.hidden * per
+        between = (a.layers - 1) * bt * d * a.hidden * per
+        out = [Saved.input(0), Saved.output(0), Saved.new(gates, "gate activations and states over time")]
+        if between:
+            out.append(Saved.new(between, "outputs of the lower layers"))
+        return out
+
+
+@register
+class RNN(Recurrent):
+    name = "rnn"
+    Attrs = RNNAttrs
+    torch_class = "nn.RNN"
+    gates = 1
+    doc = ("Elman RNN over [B, T, F] (nn.RNN, batch_first): `rnn(hidden, layers=1, bidirectional=false, "
+           "dropout=0.0, bias=true, nonlinearity=\"tanh\", state=none)` -> (outputs [B, T, D·hidden], "
+           "h_n [layers·D, B, hidden]); `state=` is h_0 (zeros when not given). Parameters are torch.nn.RNN's. "
+           "FLOPs: 2·B·T·hidden·(in + hidden) per layer and direction (the gate matmuls; bias and "
+           "activations not counted, as torch's counter).")
+
+    def _kwargs(self, a):
+        kw = super()._kwargs(a)
+        if a.nonlinearity != "tanh":
+            kw["nonlinearity"] = a.nonlinearity
+        return kw
+
+
+@register
+class LSTM(Recurrent):
+    name = "lstm"
+    gates = 4
+    stacked = True
+    doc = ("LSTM over [B, T, F] (nn.LSTM, batch_first): `lstm(hidden, layers=1, bidirectional=false, "
+           "dropout=0.0, bias=true, state=none)` -> (outputs [B, T, D·hidden], state [2, layers·D, B, hidden]) "
+           "where state[0] is h_n and state[1] is c_n; `state=` takes the same stacked (h_0, c_0). Parameters "
+           "are torch.nn.LSTM's (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ..._reverse). "
+           "FLOPs: 2·B·T·4·hidden·(in + hidden) per layer and direction.")
+
+    def _target(self):
+        return LSTM_MODULE
+
+
+@register
+class GRU(Recurrent):
+    name = "gru"
+    gates = 3
+    torch_class = "nn.GRU"
+    doc = ("GRU over [B, T, F] (nn.GRU, batch_first): `gru(hidden, layers=1, bidirectional=false, "
+           "dropout=0.0, bias=true, state=none)` -> (outputs [B, T, D·hidden], h_n [layers·D, B, hidden]). "
+           "Parameters are torch.nn.GRU's. FLOPs: 2·B·T·3·hidden·(in + hidden) per layer and direction.")
+
+
+# -- conv_lstm -----------------------------------------------------------------------------
+
+class ConvLSTMAttrs(Attrs):
+    hidden: int
+    kernel: int | tuple[int, int]
+    peephole: bool = False
+    bias: bool = True
+
+
+@register
+class ConvLSTM(Op):
+    name = "conv_lstm"
+    Attrs = ConvLSTMAttrs
+    tensor_attrs = ("state",)
+    doc = ("ConvLSTM (Shi et al., 2015) over a video [B, C, T, H, W] -> (outputs [B, hidden, T, H, W], "
+           "state [2, B, hidden, H, W]: h and c after the last frame). Gates i, f, g, o (torch's order) come from "
+           "one convolution `conv` over [x_t, h_{t-1}] with 4·hidden outputs and \"same\" padding (odd kernels); "
+           "c_t = f∘c_{t-1} + i∘tanh(g), h_t = o∘tanh(c_t); with `peephole=true`, w_ci∘c_{t-1} and w_cf∘c_{t-1} "
+           "are added to i and f and w_co∘c_t to o (parameters [hidden, H, W]). `state=` is the initial (h, c) "
+           "stacked (zeros when not given). FLOPs: the convolution, 2·B·T·H·W·4·hidden·(C + hidden)·kh·kw.")
+
+    def _check(self, a, ins):
+        x = ins[0]
+        if x.rank != 5:
+            raise ShapeError("E0302", f"conv_lstm expects a video [B, C, T, H, W] (rank 5), got {x}",
+                             label=f"this is {x} (rank {x.rank})",
+                             help="a single image [B, C, H, W] has no time axis; conv_lstm reads frames "
+                             "[B, C, T, H, W] (for [B, T, C, H, W] write `transpose(1, 2)` first)" if x.rank == 4
+                             else "conv_lstm reads a sequence of frames [B, C, T, H, W]")
+        c = static_int(x.shape[1], "conv_lstm's input channels")
+        ks = (a.kernel, a.kernel) if isinstance(a.kernel, int) else tuple(a.kernel)
+        if len(ks) != 2:
+            raise ShapeError("E0302", f"conv_lstm's kernel has {len(ks)} entries, but it convolves the 2 axes "
+                             f"H and W of each frame", label=f"kernel={list(ks)}")
+        if a.hidden <= 0 or min(ks) <= 0:
+            raise ShapeError("E0305", f"conv_lstm needs a positive hidden size and kernel, got "
+                             f"hidden={a.hidden}, kernel={a.kernel}")
+        if any(k % 2 == 0 for k in ks):
+            raise ShapeError("E0303", f"conv_lstm needs odd kernel sizes (its \"same\" padding keeps H and W), "
+                             f"got {a.kernel}", label=f"kernel={a.kernel}")
+        if a.peephole:
+            for d, n in zip(x.shape[3:], "HW"):
+                static_int(d, f"conv_lstm's {n} (peephole weights are [hidden, H, W])")
+        if len(ins) > 1:
+            s = ins[1]
+            want = (2, x.shape[0], a.hidden) + x.shape[3:]
+            if s.rank != 5 or any(_known_ne(p, q) for p, q in zip(s.shape, want)):
+                raise ShapeError("E0303", f"conv_lstm: the initial `state` must be (h, c) stacked, "
+                                 f"{TensorType(want, x.dtype)}, got {s}", label=f"`state` is {s}")
+        return c, ks
+
+    def infer(self, a, ins):
+        self._check(a, ins)
+        x = ins[0]
+        b, _, t, h, w = x.shape
+        return [TensorType((b, a.hidden, t, h, w), x.dtype), TensorType((2, b, a.hidden, h, w), x.dtype)]
+
+    def params(self, a, ins):
+        c, ks = self._check(a, ins)
+        p = {"conv.weight": (4 * a.hidden, c + a.hidden) + ks}
+        if a.bias:
+            p["conv.bias"] = (4 * a.hidden,)
+        if a.peephole:
+            hw = tuple(ins[0].shape[3:])
+            for n in ("w_ci", "w_cf", "w_co"):
+                p[n] = (a.hidden,) + hw
+        return p
+
+    def flops(self, a, ins, outs):
+        c, ks = self._check(a, ins)
+        return 2 * outs[0].numel() * 4 * (c + a.hidden) * ks[0] * ks[1]
+
+    def lower(self, a, ins, outs):
+        c, ks = self._check(a, ins)
+        kw = {}
+        if not a.bias:
+            kw["bias"] = False
+        if a.peephole:
+            kw["peephole"] = True
+            kw["size"] = tuple(ins[0].shape[3:])
+        call = "{m}({0}, {1})" if len(ins) > 1 else "{m}({0})"
+        return Module(CONV_LSTM_MODULE, (c, a.hidden, a.kernel), kw, call=call)
+
+    def saved(self, a, ins, outs, ctx):
+        if not ctx.any_grad:
+            return []
+        x = ins[0]
+        per = dtype_bytes(x.dtype)
+        b, _, t, h, w = x.shape
+        step = b * t * h * w * per
+        c, _ = self._check(a, ins)
+        # per step: the conv's input [x_t, h] and the gates and cell states
+        return [Saved.new(step * (c + a.hidden), "conv inputs [x_t, h_{t-1}]"),
+                Saved.new(step * a.hidden * 7, "gates and cell states over time"), Saved.param("conv.weight")]
+
+
+# -- temporal ops --------------------------------------------------------------------------
+
+class TemporalSampleAttrs(Attrs):
+    stride: int
+    dim: int = 2
+    offset: int = 0
+
+
+@register
+class TemporalSample(Op):
+    name = "temporal_sample"
+    Attrs = TemporalSampleAttrs
+    doc = ("Frame sampling: every `stride`-th frame along `dim` (2, time, for videos [B, C, T, H, W]; write "
+           "dim=1 for sequences [B, T, F]), starting at `offset`: ceil((T - offset) / stride) frames, a strided "
+           "view (`x[:, :, offset::stride]`). SlowFast's slow pathway reads `temporal_sample(alpha)`. FLOPs 0.")
+
+    def infer(self, a, ins):
+        (x,) = ins
+        d = _norm_dim(a.dim, x, "temporal_sample")
+        if a.stride <= 0 or a.offset < 0:
+            raise ShapeError("E0305", f"temporal_sample needs a positive stride and a non-negative offset, got "
+                             f"stride={a.stride}, offset={a.offset}")
+        n = x.shape[d]
+        if isinstance(n, int) and a.offset >= n:
+            raise ShapeError("E0305", f"temporal_sample: offset {a.offset} leaves no frames of the {n} along "
+                             f"axis {a.dim} of {x}", label=f"offset={a.offset}")
+        out = (n - a.offset + a.stride - 1) // a.stride if a.stride != 1 else n - a.offset
+        return [TensorType(x.shape[:d] + (out,) + x.shape[d + 1:], x.dtype)]
+
+    def lower(self, a, ins, outs):
+        d = _norm_dim(a.dim, ins[0], "temporal_sample")
+        step = f"{a.offset or ''}::{a.stride}" if a.stride != 1 else f"{a.offset}:"
+        return Code("{0}[" + ", ".join([":"] * d + [step]) + "]")
+
+    def saved(self, a, ins, outs, ctx):
+        return []
+
+    def footprint(self, a, ins, outs, ctx):
+        x = ins[0]
+        d = _norm_dim(a.dim, x, "temporal_sample")
+        st = list(ctx.strides[0] if ctx.strides else contiguous_strides(x.shape))
+        st[d] = st[d] * a.stride
+        return Footprint(views={0: 0}, strides={0: tuple(st)})
+
+
+class TemporalPoolAttrs(Attrs):
+    kernel: int | None = None
+    stride: int | None = None
+    mode: Literal["avg", "max"] = "avg"
+    dim: int = 2
+
+
+@register
+class TemporalPool(Op):
+    name = "temporal_pool"
+    Attrs = TemporalPoolAttrs
+    doc = ("Pooling along one axis only (`dim`: 2 for videos [B, C, T, H, W], 1 for sequences [B, T, F]). "
+           "Without a kernel, the mean (mode=\"avg\") or max over the whole axis, which is removed; with "
+           "`kernel` (and `stride`, default the kernel), windows along the axis, which is kept: "
+           "(T - kernel) // stride + 1 frames. FLOPs: one per input element (whole axis) or per window "
+           "element (windows).")
+
+    def _geom(self, a, x):
+        d = _norm_dim(a.dim, x, "temporal_pool")
+        if a.kernel is not None and a.kernel <= 0 or a.stride is not None and a.stride <= 0:
+            raise ShapeError("E0305", f"temporal_pool needs a positive kernel and stride, got kernel={a.kernel}, "
+                             f"stride={a.stride}")
+        if a.kernel is None and a.stride is not None:
+            raise ShapeError("E0207", "temporal_pool: `stride` needs a `kernel`",
+                             help="without a kernel the whole axis is pooled")
+        return d
+
+    def infer(self, a, ins):
+        (x,) = ins
+        d = self._geom(a, x)
+        if a.kernel is None:
+            return [TensorType(x.shape[:d] + x.shape[d + 1:], x.dtype)]
+        s = a.stride or a.kernel
+        n = (x.shape[d] - a.kernel) // s + 1
+        if isinstance(n, int) and n <= 0:
+            raise ShapeError("E0305", f"temporal_pool: a kernel of {a.kernel} is longer than axis {a.dim} of {x}",
+                             label=f"this is {x}")
+        return [TensorType(x.shape[:d] + (n,) + x.shape[d + 1:], x.dtype)]
+
+    def flops(self, a, ins, outs):
+        return ins[0].numel() if a.kernel is None else outs[0].numel() * a.kernel
+
+    def lower(self, a, ins, outs):
+        d = self._geom(a, ins[0])
+        red = "mean" if a.mode == "avg" else "amax"
+        if a.kernel is None:
+            return Code(f"{{0}}.{red}(dim={d})")
+        return Code(f"{{0}}.unfold({d}, {a.kernel}, {a.stride or a.kernel}).{red}(dim=-1)")
+
+    def saved(self, a, ins, outs, ctx):
+        if not ctx.any_grad or a.mode == "avg":
+            return []
+        return [Saved.input(0), Saved.output(0)]  # amax's backward compares input and result
+
+
+class TemporalRepeatAttrs(Attrs):
+    times: int
+    dim: int = 2
+
+
+@register
+class TemporalRepeat(Op):
+    name = "temporal_repeat"
+    Attrs = TemporalRepeatAttrs
+    doc = ("Tile the input `times` times along `dim` (torch's Tensor.repeat on that axis): a one-frame clip "
+           "[B, C, 1, H, W] becomes `times` frames. FLOPs 0.")
+
+    def infer(self, a, ins):
+        (x,) = ins
+        d = _norm_dim(a.dim, x, "temporal_repeat")
+        if a.times <= 0:
+            raise ShapeError("E0305", f"temporal_repeat needs a positive count, got {a.times}")
+        return [TensorType(x.shape[:d] + (x.shape[d] * a.times,) + x.shape[d + 1:], x.dtype)]
+
+    def lower(self, a, ins, outs):
+        d = _norm_dim(a.dim, ins[0], "temporal_repeat")
+        reps = ", ".join(str(a.times if i == d else 1) for i in range(ins[0].rank))
+        return Code(f"{{0}}.repeat({reps})")
+
+    def saved(self, a, ins, outs, ctx):
+        return []
+
+
+class SelectAttrs(Attrs):
+    dim: int
+    index: int
+
+
+@register
+class Select(Op):
+    name = "select"
+    Attrs = SelectAttrs
+    doc = ("The slice at `index` along `dim`, which is removed (torch.select): `state -> select(0, 0)` is an "
+           "lstm's h_n, `out -> select(1, -1)` the last time step of a sequence [B, T, F]. A view; FLOPs 0.")
+
+    def infer(self, a, ins):
+        (x,) = ins
+        d = _norm_dim(a.dim, x, "select")
+        n = x.shape[d]
+        if isinstance(n, int) and not -n <= a.index < n:
+            raise ShapeError("E0304", f"select: index {a.index} is out of range for axis {a.dim} of {x} "
+                             f"(size {n})", label=f"index={a.index}")
+        return [TensorType(x.shape[:d] + x.shape[d + 1:], x.dtype)]
+
+    def lower(self, a, ins, outs):
+        return Code(f"{{0}}.select({a.dim}, {a.index})")
+
+    def saved(self, a, ins, outs, ctx):
+        return []
+
+    def footprint(self, a, ins, outs, ctx):
+        x = ins[0]
+        d = _norm_dim(a.dim, x, "select")
+        st = list(ctx.strides[0] if ctx.strides else contiguous_strides(x.shape))
+        return Footprint(views={0: 0}, strides={0: tuple(st[:d] + st[d + 1:])})
+
+
+class LastHiddenAttrs(Attrs):
+    directions: int = 1
+
+
+@register
+class LastHidden(Op):
+    name = "last_hidden"
+    Attrs = LastHiddenAttrs
+    doc = ("The last layer's final hidden state from a recurrent state, directions concatenated: "
+           "[layers·D, B, H] (rnn, gru) or [2, layers·D, B, H] (lstm, its h_n) -> [B, D·H], with D = "
+           "`directions` (2 for a bidirectional layer: forward then backward, as in the outputs). FLOPs 0.")
+
+    def _split(self, a, x):
+        expect_rank(x, {3, 4}, "last_hidden")
+        if a.directions not in (1, 2):
+            raise ShapeError("E0207", f"last_hidden: directions must be 1 or 2, got {a.directions}")
+        if x.rank == 4 and _known_ne(x.shape[0], 2):
+            raise ShapeError("E0303", f"last_hidden: a rank-4 state must be an lstm's (h_n, c_n) stacked "
+                             f"[2, layers·D, B, H], got {x}", label=f"this is {x}")
+        s = x.shape[-3]
+        if isinstance(s, int) and s % a.directions:
+            raise ShapeError("E0303", f"last_hidden: {s} state slices do not split into {a.directions} directions",
+                             label=f"this is {x}",
+                             help="a unidirectional layer's state has one slice per layer: directions=1")
+        return x.shape[-2], x.shape[-1]
+
+    def infer(self, a, ins):
+        (x,) = ins
+        b, h = self._split(a, x)
+        return [TensorType((b, a.directions * h), x.dtype)]
+
+    def lower(self, a, ins, outs):
+        x = ins[0]
+        self._split(a, x)
+        h = "{0}[0]" if x.rank == 4 else "{0}"
+        if a.directions == 1:
+            return Code(f"{h}[-1]")
+        return Code(f"torch.cat([{h}[-2], {h}[-1]], dim=-1)")
+
+    def saved(self, a, ins, outs, ctx):
+        return []
