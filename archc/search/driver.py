@@ -117,7 +117,7 @@ class _ReportToTrial(Callback):
         self.trial.report(metrics["accuracy"], len(state.history))
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after {len(state.history)} evaluation(s): "
-                                     f"accuracy {metrics['accuracy']:.4f}")
+                                     f"accuracy {100 * metrics['accuracy']:.2f}%")
 
 
 # -- the worker ------------------------------------------------------------------
