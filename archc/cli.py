@@ -104,6 +104,7 @@ def cmd_check(args) -> int:
 
     diags: list[Diagnostic] = []
     results = []
+    matches = []  # with --plan: what each graph-rewriting directive matched
     settings = dict((k, _value(v)) for k, v in _pairs(args.set, "--set"))
     dims = _dims(args.dim)
     for file in args.files:
@@ -130,6 +131,12 @@ def cmd_check(args) -> int:
                     if plan_diags:
                         diags += plan_diags
                         continue
+                    from .compress.check import check_compress_plan  # no torch: E08xx
+
+                    plan_diags = check_compress_plan(prog, plan)
+                    if plan_diags:
+                        diags += plan_diags
+                        continue
                 if graph.decisions and plan is None:  # a search space: check every candidate
                     from .compiler.space import check_space
 
@@ -138,6 +145,8 @@ def cmd_check(args) -> int:
                         diags += space_diags
                         continue
                 results.append((file, count_cost(graph)))
+                if args.plan and graph.plan is not None:
+                    matches.append((file, _matched(graph.plan)))
             except CompileError as e:
                 diags += e.diagnostics
     if args.json:
@@ -151,10 +160,27 @@ def cmd_check(args) -> int:
     else:
         for file, r in results:
             print(f"ok  {file}: {r.model}  {r.params:,} parameters")
+        for file, lines in matches:
+            for line in lines:
+                print(line)
         for file in args.files:
             if not any(f == file for f, _ in results):
                 print(f"ok  {file}: no models (its blocks are checked where they are used)")
     return 1 if diags else 0
+
+
+def _matched(plan, most: int = 12) -> list[str]:
+    """`  lora("h.*.attn.c_attn") matched 12: h.0.attn.c_attn, ...` per graph-rewriting directive."""
+    lines = []
+    for d in plan.directives:
+        if d.matched is None:
+            continue
+        fields = list(type(d.args).model_fields)
+        first = getattr(d.args, fields[0]) if fields else None
+        call = f"{d.name}({json.dumps(first)})" if isinstance(first, str) else f"{d.name}()"
+        shown = ", ".join(d.matched[:most]) + (f", ... ({len(d.matched)} in all)" if len(d.matched) > most else "")
+        lines.append(f"  {call} matched {len(d.matched)}: {shown}")
+    return lines
 
 
 def cmd_build(args) -> int:
@@ -193,6 +219,10 @@ def cmd_build(args) -> int:
     console = Console()
     console.print(summary_table(report, dims))
     console.print(f"{report.model}: {report.params:,} parameters, built as torch.nn.Module")
+    from .compiler.passes.stream_costs import stream_summary
+
+    if (streams := stream_summary(graph, dims)) is not None:  # models with several inputs
+        console.print(streams)
     if report.arch_params:
         console.print(f"architecture parameters (kept apart, `arch_parameters()`): {report.arch_params:,}")
     if report.trainable != report.params:
@@ -247,6 +277,10 @@ def cmd_mem(args) -> int:
         margs = {**(plan.args if plan is not None else {}), **settings}
         try:  # symbolic sizes let the estimate solve for the largest batch and context
             graph = prog.graph(model, args=margs)
+            if plan is not None:
+                from .compiler.passes.apply_plan import apply_plan
+
+                graph = apply_plan(graph, plan)  # freeze, checkpoint marks...
         except CompileError:
             graph = prog.graph(model, plan=plan, dims=dims, args=settings)
         report = estimate_memory(graph, plan, dims=dims, device=args.device,
@@ -553,28 +587,100 @@ def cmd_search(args) -> int:
              and any(m in row["metrics"] for row in result.best)]
     for m in extra:
         table.add_column(m.replace("_", " "), justify="right")
-    if multi:
-        table.add_column("decisions", overflow="fold")
     for row in result.best:
         metrics = row["metrics"]
         cells = [str(row["trial"])] + [fmt_metric(n, row["values"][n]) for n in names]
         cells += [fmt_metric("accuracy" if m == "test_accuracy" else m, metrics.get(m)) for m in extra]
-        if multi:
-            cells.append(" ".join(f"{k}={v}" for k, v in row["arch"].items()))
         table.add_row(*cells)
     console.print(table)
-    if not multi and result.best:
-        decisions = Table(title=f"decisions of trial {result.best[0]['trial']}")
+    if result.best:  # one column of decisions per trial above
+        decisions = Table(title="their decisions" if multi else f"decisions of trial {result.best[0]['trial']}")
         decisions.add_column("choice")
-        decisions.add_column("candidate", overflow="fold")
-        for k, v in result.best[0]["arch"].items():
-            decisions.add_row(k, v)
+        for row in result.best:
+            decisions.add_column(f"trial {row['trial']}" if multi else "candidate", overflow="fold")
+        labels = list(dict.fromkeys(k for row in result.best for k in row["arch"]))
+        for k in labels:
+            decisions.add_row(k, *[row["arch"].get(k, "-") for row in result.best])
         console.print(decisions)
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(result.counts.items()))
     console.print(f"{result.complete} complete trials in study {result.study} ({counts}); "
                   f"this worker ran {result.ran} in {result.seconds:.1f}s")
     if result.written:
         console.print(f"wrote {result.written}")
+    return 0
+
+
+def cmd_compress(args) -> int:
+    """Run a `compress` plan: a before/after table; the compressed spec and weights written atomically."""
+    from . import api
+
+    if args.batch < 1:
+        return _usage("--batch must be at least 1")
+    try:
+        prog = api.load(args.file)
+        name_errors = prog.check_names()
+        if name_errors:
+            raise CompileError(name_errors)
+        from .compress.driver import UsageError, run_compress
+
+        quiet = args.quiet or args.json
+        try:
+            result = run_compress(prog, args.plan, weights=args.weights, spec_out=args.output,
+                                  weights_out=args.weights_out, in_place=args.in_place, progress=not quiet,
+                                  batch=args.batch, dims=_dims(args.dim),
+                                  log=None if quiet else (lambda m: print(m, file=sys.stderr)))
+        except UsageError as e:
+            return _usage(str(e))
+    except CompileError as e:
+        _print_diagnostics(e.diagnostics, args.json)
+        return 1
+    if args.json:
+        print(json.dumps({"ok": True, **result.to_json()}, indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{result.model}: plan {result.plan}")
+    table.add_column("")
+    for st in result.stages:
+        table.add_column(st.name, justify="right")
+
+    def fmt_flops(f):
+        if not isinstance(f, (int, float)):
+            return str(f)
+        for unit, k in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+            if abs(f) >= k:
+                return f"{f / k:.2f}{unit}"
+        return str(f)
+
+    rows = [("parameters", [f"{s.params:,}" for s in result.stages])]
+    if any(s.nonzero != s.params for s in result.stages):
+        rows.append(("nonzero", [f"{s.nonzero:,}" for s in result.stages]))
+    rows += [("FLOPs (1 example)", [fmt_flops(s.flops) for s in result.stages]),
+             ("bytes on disk", [_bytes(s.bytes) for s in result.stages]),
+             (f"CPU latency (batch {result.batch})", ["-" if s.latency is None else f"{s.latency * 1e3:.3f} ms"
+                                                     for s in result.stages]),
+             ("accuracy (test)", ["-" if s.accuracy is None else f"{100 * s.accuracy:.2f}%" for s in result.stages])]
+    for name, cells in rows:
+        table.add_row(name, *cells)
+    console.print(table)
+    if result.pruned_groups:
+        console.print(f"pruned {len(result.pruned_groups)} channel group(s): "
+                      + "; ".join(f"{', '.join(g['layers'][:3])}{' ...' if len(g['layers']) > 3 else ''} "
+                                  f"{g['atoms']} -> {g['atoms'] - g['removed']}" for g in result.pruned_groups[:8])
+                      + (" ..." if len(result.pruned_groups) > 8 else ""))
+    if result.quantized or result.left_float:
+        console.print(f"quantized ({result.engine}):")
+        for path, op, how in result.quantized:
+            console.print(f"  {path} ({op}): {how}")
+        if result.left_float:
+            console.print("left in float:")
+            for path, op, why in result.left_float:
+                console.print(f"  {path} ({op}): {why}")
+    for note in result.notes:
+        console.print(f"note: {note}")
+    console.print(f"wrote {result.spec_path} and {result.weights_path}")
     return 0
 
 
@@ -666,6 +772,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-trial lines")
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("compress", help="run a compress plan: prune, quantize, distill; a before/after table")
+    p.add_argument("file", help="an .arch file")
+    p.add_argument("--plan", required=True, help="the `compress` plan to run")
+    p.add_argument("--weights", metavar="FILE", help="the model's trained weights (safetensors, keyed by module "
+                   "path); without them the plan's data and budget train it first")
+    p.add_argument("-o", "--output", metavar="FILE", help="the compressed spec (default: SPEC_DIR/STEM.PLAN.arch)")
+    p.add_argument("--weights-out", metavar="FILE", help="the compressed weights (default: the spec's path with "
+                   ".safetensors)")
+    p.add_argument("--in-place", action="store_true", help="overwrite the original spec (and --weights)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the latency measurement (default 1)")
+    p.add_argument("--dim", action="append", metavar="SYM=N", help="bind a symbolic dimension")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(fn=cmd_compress)
 
     try:
         args = ap.parse_args(argv)

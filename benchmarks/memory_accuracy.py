@@ -11,8 +11,7 @@ build the model, run a real training step on the CPU and measure:
 
 and print them next to `archc mem`'s estimate for the same plan, as ratios
 (estimate / measured). Modes: fp32; fp32 with checkpoint(on=...) segments run
-through torch.utils.checkpoint (the rewrite archc.runtime.measure.checkpointed_source
-makes of the generated forward); bf16 (CPU autocast, fp32 master weights).
+through torch.utils.checkpoint (as the generated forward runs them); bf16 (CPU autocast, fp32 master weights).
 A peer column gives torchinfo's "estimated total size" for the same model.
 
     .venv/bin/python benchmarks/memory_accuracy.py [--mode fp32|checkpoint|bf16|all] [--spec NAME]
@@ -95,12 +94,13 @@ def plan_text(case: Case, mode: str, device: str = "cpu", optimizer: str = "adam
 
 
 def load_case(case: Case, mode: str):
-    """(program, plan, symbolic graph, concrete graph) for a case in a mode."""
+    """(program, plan, symbolic graph with the plan's rewrites applied) for a case in a mode."""
     import archc
+    from archc.compiler.passes.apply_plan import apply_plan
 
     prog = archc.parse(spec_text(case, plan_text(case, mode)), f"<{case.name}>")
     plan = prog.plan("Measure")
-    sym = prog.graph(case.model, args=case.args)
+    sym = apply_plan(prog.graph(case.model, args=case.args), plan)
     return prog, plan, sym
 
 
@@ -111,21 +111,13 @@ def estimate(case: Case, mode: str):
     return estimate_memory(sym, plan)
 
 
-def build(case: Case, mode: str, graph=None, settings=None):
-    """The generated module (with checkpoint segments rewritten in, in checkpoint mode)."""
-    from archc.compiler.lower.torch import Generated, generate, load
-    from archc.compiler.passes.estimate_memory import settings_from_plan
-    from archc.runtime.measure import checkpointed_source
+def build(case: Case, mode: str):
+    """The generated module for the case's plan (checkpointed segments and all), and its graph."""
+    from archc.compiler.lower.torch import generate, load
 
-    prog, plan, sym = load_case(case, mode)
+    prog, plan, _ = load_case(case, mode)
     g = prog.graph(plan=plan)
-    gen = generate(g, case.name)
-    if mode == "checkpoint":
-        s = settings_from_plan(g, plan)
-        index = {n.id: k for k, n in enumerate(x for x in g.nodes() if x.op not in ("input", "output"))}
-        segs = [[index[i] for i in seg] for seg in s.checkpoint]
-        gen = Generated(checkpointed_source(gen.source, segs), gen.class_name, gen.env)
-    return load(gen)(), g
+    return load(generate(g, case.name))(), g
 
 
 def batch(case: Case, g):
@@ -183,12 +175,47 @@ def compare(case: Case, mode: str, peer: bool = True) -> dict:
     }
 
 
+def side_by_side() -> list[dict]:
+    """Measured peak vs archc's estimate vs torchinfo's total vs the formulas people use
+    (Transformer Math: 16 bytes per parameter for fp32 AdamW, plus Korthikanti et al.'s
+    activations per layer, s·b·h·(34 + 5·a·s/h), for a transformer) for ResNet-18 and a
+    4-layer GPT-2, at sizes where activations matter."""
+    import dataclasses
+
+    rows = []
+    gpt2 = Case("gpt2-4l", "gpt", "GPT", {"B": 2, "T": 256},
+                {"layers": 4, "d": 768, "heads": 12, "vocab": 50257, "ctx": 1024}, None, "block:Block")
+    resnet = dataclasses.replace(CASES[0], name="resnet18-224", dims={"B": 8}, resize=None)
+    for case in (resnet, gpt2):
+        est = estimate(case, "fp32")
+        meas, model, inputs = measure(case, "fp32")
+        P = est.params_count
+        formula = 16 * P
+        if case.file == "gpt":
+            s_, b_, h_, a_ = case.dims["T"], case.dims["B"], case.args["d"], case.args["heads"]
+            # as published: 16-bit activations, 1-byte masks; doubled here for fp32 activations
+            per_layer = s_ * b_ * h_ * (34 + 5 * a_ * s_ / h_)
+            formula += int(case.args["layers"] * per_layer * 2)
+        rows.append({"case": case.name, "measured": meas.peak.peak, "archc": est.peak,
+                     "torchinfo": torchinfo_total(model, inputs), "formula": formula})
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mode", default="all", choices=["fp32", "checkpoint", "bf16", "all"])
     ap.add_argument("--spec", help="only this case (" + ", ".join(c.name for c in CASES) + ")")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="ResNet-18 and a 4-layer GPT-2: measured peak vs archc vs torchinfo vs the formulas")
     args = ap.parse_args(argv)
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    if args.side_by_side:
+        print(f"{'model':14} {'measured peak':>14} {'archc':>8} {'torchinfo':>10} {'formula':>8}   (ratios to measured)")
+        for r in side_by_side():
+            m = r["measured"]
+            ti = f"{r['torchinfo'] / m:10.3f}" if r["torchinfo"] else f"{'-':>10}"
+            print(f"{r['case']:14} {m / 2**20:11.1f} MiB {r['archc'] / m:8.4f} {ti} {r['formula'] / m:8.3f}")
+        return 0
     modes = ["fp32", "checkpoint", "bf16"] if args.mode == "all" else [args.mode]
     rows = []
     print(f"{'case':10} {'mode':10} {'saved est/meas':>15} {'naive/meas':>11} {'peak est/meas':>14} "

@@ -116,6 +116,9 @@ def derive(prog: Program, model: str, decisions: dict[str, int], args=None, dims
             by_span.setdefault(span, []).append((path, instance_variant[path]))
 
     pending: dict = {}  # repetitions whose copies differ, until their sequence spells them out
+    stage_spans: set = set()  # call sites that are pipeline stages (a label may stand before them)
+    for decl in root.decls:
+        _walk(decl, lambda n: stage_spans.update(s.span for s in n.stages) if isinstance(n, A.Pipeline) else None)
 
     def rename_calls(n):
         if isinstance(n, A.ListExpr):
@@ -138,8 +141,9 @@ def derive(prog: Program, model: str, decisions: dict[str, int], args=None, dims
                 return None
             path = sites[0][0]
             leaf = path.rsplit(".", 1)[-1]
+            unlabelled = re.fullmatch(rf"{re.escape(_block_name(n))}_\d+", leaf)
             renamed = _callee(n, names.pop())
-            if re.fullmatch(rf"{re.escape(_block_name(n))}_\d+", leaf):  # keep the unlabelled path
+            if unlabelled and n.span in stage_spans:  # a stage keeps its unlabelled path under a label
                 return A.Labelled(leaf, renamed, span=n.span)
             return renamed
         return None

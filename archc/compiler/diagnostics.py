@@ -78,6 +78,18 @@ CODES: dict[str, str] = {
     "E0523": "storage cannot be opened",
     "E0524": "search setting not supported",
     "E0525": "data cannot be loaded",
+    # fine-tuning plans (passes/insert_lora.py)
+    "E0701": "op cannot take an adapter",
+    "E0702": "adapter rank too large",
+    "E0703": "adapter name already used",
+    "E0704": "no such adapter",
+    "E0705": "merging would change a tied weight",
+    # compression plans (archc/compress)
+    "E0801": "pruning amount out of range",
+    "E0802": "no quantized kernel",
+    "E0803": "teacher and student outputs differ",
+    "E0804": "plan data missing",
+    "E0805": "invalid compression setting",
     # limits and command line
     "E0401": "too large",
     "E0402": "recursion too deep",

@@ -114,6 +114,133 @@ class Device(Directive):
 
 
 
+# -- fine-tuning (passes/insert_lora.py, insert_residual.py; runtime/sft.py) --------------
+
+def _adapter_name(v: str) -> str:
+    if not v.isidentifier():
+        raise ValueError("must be an identifier (it becomes a state_dict key component)")
+    return v
+
+
+@directive("lora", "finetune")
+class Lora(Directive):
+    """`lora(on="h.*.attn.c_attn", r=8, alpha=16)`: a LoRA adapter on each selected linear
+    (fused qkv included), embedding or conv layer; the layers' own weights are frozen.
+    `on="all-linear"`: every linear layer but those that give a model output (the head).
+    `rank_pattern=[["**.c_proj", 4]]` / `alpha_pattern`: other ranks / alphas where a
+    selector matches (the last match wins). `name`: several adapters may share a base;
+    the first named in a plan is the active one (`set_adapter` changes it)."""
+
+    on: str
+    r: int = 8
+    alpha: float = 8
+    dropout: float = 0.0
+    init: bool | Literal["gaussian"] = True
+    rslora: bool = False
+    dora: bool = False
+    name: str = "default"
+    exclude: str | None = None
+    rank_pattern: list[tuple[str, int]] = []
+    alpha_pattern: list[tuple[str, float]] = []
+
+    @field_validator("r")
+    @classmethod
+    def _rank(cls, v):
+        if v < 1:
+            raise ValueError("the rank must be at least 1")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v):
+        if v <= 0:
+            raise ValueError("must be positive")
+        return v
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout(cls, v):
+        if not 0 <= v < 1:
+            raise ValueError("must be in [0, 1)")
+        return v
+
+    @field_validator("rank_pattern")
+    @classmethod
+    def _ranks(cls, v):
+        if any(r < 1 for _, r in v):
+            raise ValueError("ranks must be at least 1")
+        return v
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _adapter_name(v)))
+
+
+@directive("merge", "finetune")
+class Merge(Directive):
+    """`merge("default")`: the adapter is folded into its layers' weights when the model is
+    built (no adapter computation, its parameters frozen); `on=` limits it to some layers."""
+
+    name: str = "default"
+    on: str = "*"
+
+
+@directive("unmerge", "finetune")
+class Unmerge(Directive):
+    """`unmerge("default")`: undo an earlier `merge` of the plan."""
+
+    name: str = "default"
+    on: str = "*"
+
+
+@directive("set_adapter", "finetune")
+class SetAdapter(Directive):
+    """`set_adapter("task2")` (or `"a, b"`): the adapters that run and train; the others are
+    kept, frozen (PEFT's `set_adapter`)."""
+
+    name: str
+
+
+@directive("residual", ("finetune", "train"))
+class Residual(Directive):
+    """`residual(on="block:PlainBlock")`: each selected module computes F(x) + x, with a
+    projection named `shortcut` when shapes differ (as `@residual`). `post_act=true` adds
+    before the module's closing activation, act(F'(x) + x), as ResNet's blocks do;
+    `shortcut=` names the projection (`"downsample"` for torchvision's names)."""
+
+    on: str
+    exclude: str | None = None
+    post_act: bool = False
+    shortcut: str = "shortcut"
+
+    @field_validator("shortcut")
+    @classmethod
+    def _ident(cls, v):
+        if not v.isidentifier():
+            raise ValueError("must be an identifier (it becomes a module name)")
+        return v
+
+
+@directive("sft", "finetune")
+class Sft(Directive):
+    """`sft(template="alpaca", mask_prompt=true)`: supervised fine-tuning data: records of
+    (instruction, input, output) become token ids and labels, the prompt's labels masked
+    with -100 (archc.runtime.sft.SFTCollator). `template` is "alpaca", "plain" or a format
+    string with {instruction}, {input} (and {output}: where the response starts)."""
+
+    template: str = "alpaca"
+    mask_prompt: bool = True
+    max_len: int | None = None
+    eos: bool = True  # end each response with the tokenizer's end-of-sequence id
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v):
+        if v not in ("alpaca", "plain") and "{instruction}" not in v:
+            raise ValueError('"alpaca", "plain", or a format string with {instruction}')
+        return v
+
+    _max_len = field_validator("max_len")(classmethod(lambda cls, v: _at_least_one(cls, v)))
+
+
 # -- search plans (read by archc.search) --------------------------------------------
 
 SEARCH_STRATEGIES = ("random", "grid", "evolution", "tpe", "nsga2", "rl", "darts")
@@ -229,12 +356,130 @@ class Pruner(Directive):
         return v
 
 
+# -- compress plans (read by archc.compress) -----------------------------------------
+
+
+@directive("prune", "compress")
+class Prune(Directive):
+    """`prune(on="op:conv", amount=0.5, structured=true, exclude="conv1")`: remove the lowest-ranked
+    `amount` of the channels (or heads) of the selected layers, group by group of coupled channels
+    (scope "layer") or ranked across groups ("global"); `structured=false` masks single weights
+    instead. `criterion`: l1 | l2 magnitude, bn_scale, taylor. An amount outside [0, 1) is E0801."""
+
+    on: str = "op:conv,op:linear"
+    amount: float = 0.5
+    structured: bool = True
+    criterion: Literal["l1", "l2", "bn_scale", "taylor"] = "l2"
+    exclude: str | None = None
+    scope: Literal["layer", "global"] = "layer"
+
+
+@directive("quantize", "compress")
+class Quantize(Directive):
+    """`quantize(mode="dynamic", dtype="int8", on="op:linear")`: dynamic (weights int8, activations
+    quantized on the fly), static (post-training, calibrated on `calibrate` examples of the plan's
+    data) or qat (quantization-aware fine-tuning for `epochs`). `granularity`: one scale per tensor
+    or per output channel. `on`: which nodes (default: every node the mode has a kernel for);
+    selecting an op with no quantized kernel is E0802."""
+
+    mode: Literal["dynamic", "static", "qat"] = "dynamic"
+    dtype: Literal["int8", "int4"] = "int8"
+    on: str | None = None
+    granularity: Literal["tensor", "channel"] = "channel"
+    calibrate: int = 256
+    exclude: str | None = None
+    epochs: int = 1
+
+    _positive = field_validator("calibrate", "epochs")(classmethod(_at_least_one))
+
+
+@directive("distill", "compress")
+class Distill(Directive):
+    """`distill(teacher=ResNet152(), temperature=4.0, soft_weight=0.9, hard_weight=0.1)`: train the
+    model against a teacher (a model of this file or its imports, called with its arguments, or
+    "file.arch:Model"), Hinton's loss: soft_weight · T² · KL(teacher ‖ student at temperature T)
+    + hard_weight · cross-entropy. `alpha` is shorthand for soft_weight=alpha, hard_weight=1-alpha.
+    `features=[["student.path", "teacher.path"], ...]` adds a mean-squared error between those
+    nodes' outputs (through a learned projection when widths differ), weighted by `feature_weight`.
+    `weights`: a safetensors file of the teacher's trained weights (else it is trained first)."""
+
+    teacher: Any
+    temperature: float = 4.0
+    soft_weight: float | None = None
+    hard_weight: float | None = None
+    alpha: float | None = None
+    features: list | None = None
+    feature_weight: float = 1.0
+    weights: str | None = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v):
+        if v <= 0:
+            raise ValueError("must be positive")
+        return v
+
+    @field_validator("soft_weight", "hard_weight", "feature_weight")
+    @classmethod
+    def _weight(cls, v):
+        if v is not None and v < 0:
+            raise ValueError("must not be negative")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v):
+        if v is not None and not 0 <= v <= 1:
+            raise ValueError("must be in [0, 1]")
+        return v
+
+    def loss_weights(self) -> tuple[float, float]:
+        """(soft, hard): explicit weights win; else alpha; else 0.9 and 0.1."""
+        if self.soft_weight is not None or self.hard_weight is not None:
+            soft = self.soft_weight if self.soft_weight is not None else 1.0 - (self.hard_weight or 0.0)
+            hard = self.hard_weight if self.hard_weight is not None else 1.0 - soft
+            return soft, hard
+        a = 0.9 if self.alpha is None else self.alpha
+        return a, 1.0 - a
+
+
+@directive("data", "compress")
+class CompressData(Data):
+    """`data("digits")`: what compress plans train, fine-tune, calibrate and measure accuracy on
+    (the held-out `test` split); the same arguments as a search plan's `data`."""
+
+
+@directive("budget", "compress")
+class CompressBudget(Directive):
+    """`budget(epochs=10, tune=3, batch=64, lr=3e-3, seed=0)`: how long a compress plan trains
+    the model (when no weights are given) and a distilled student (`epochs`), how long it
+    fine-tunes after pruning (`tune`, 0 for none), the batch, the learning rate and the seed."""
+
+    epochs: int | None = None
+    steps: int | None = None
+    tune: int = 0
+    batch: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    _positive = field_validator("epochs", "steps", "batch")(classmethod(_at_least_one))
+
+    @field_validator("tune")
+    @classmethod
+    def _non_negative(cls, v):
+        if v < 0:
+            raise ValueError("must not be negative")
+        return v
+
+
 @dataclass
 class PlanDirective:
     name: str
     args: Directive
     span: Span | None
     spans: dict[str, Span] = field(default_factory=dict)  # argument name -> where it is written
+    matched: list[str] | None = None  # what a graph-rewriting directive applied to (`archc check --plan`)
 
     def at(self, arg: str) -> Span | None:
         """Where an argument is written (the whole directive if it is not)."""

@@ -17,8 +17,12 @@ and the comments `parse` recorded on the File; it is idempotent. The layout:
   only where precedence requires them.
 - At most 88 columns where a break is possible: a pipeline that does not fit
   breaks before every `->`, each continuation line starting with `->` aligned
-  under the first `->`. A conditional `a if c else b` that does not fit breaks
-  before `else`, aligned under `a`. A bracket that still does not fit breaks after commas,
+  under the first `->`; if its head is not a plain value (a name, number or
+  string) and does not fit on the first line together with the first stage,
+  the first `->` moves to the next line too and the `->` lines are indented 4
+  columns past the start of the head. An operation `a + b` that does not fit
+  breaks after its operator, and a conditional `a if c else b` before `else`,
+  the next line aligned under `a`. A bracket that still does not fit breaks after commas,
   its lines aligned after the opening bracket: arguments, parameters and lists
   of plain values (names, numbers, strings) fill each line; a list or tuple
   holding anything else (a sequence of layers) takes one item per line.
@@ -91,6 +95,22 @@ class _Fill:
         self.items, self.k, self.after_broken = items, k, after_broken
 
 
+class _Nest:
+    """Lines that break inside it are indented `n` more."""
+    __slots__ = ("n", "doc")
+
+    def __init__(self, n: int, doc):
+        self.n, self.doc = n, doc
+
+
+class _Choice:
+    """Layout `a`, or `b` when broken and `test` (flat) does not fit on the line."""
+    __slots__ = ("a", "b", "test")
+
+    def __init__(self, a, b, test):
+        self.a, self.b, self.test = a, b, test
+
+
 _SPACE = _Line(" ")
 
 
@@ -114,16 +134,18 @@ def _fits(doc, rest: list, room: int) -> bool:
             cmds.extend((broken, x) for x in reversed(d))
         elif isinstance(d, _Group):
             cmds.append((False, d.doc))
-        elif isinstance(d, _Align):
+        elif isinstance(d, (_Align, _Nest)):
             cmds.append((broken, d.doc))
+        elif isinstance(d, _Choice):
+            cmds.append((broken, d.a))
         elif isinstance(d, _Fill):
             if not broken:
                 cmds.append((False, _join(d.items, ", ")))
             elif d.k == 0 and d.items:  # the first item, then a separator that may break
                 cmds.append((True, _Fill(d.items, 1)))
                 cmds.append((True, d.items[0]))
-            else:
-                return True
+            else:  # the comma after the previous item stays on this line; then a break may come
+                return room >= 1
         elif broken:  # a line that breaks: the rest goes on the next line
             return True
         else:
@@ -144,6 +166,11 @@ def _render(doc, column: int = 0, width: int = WIDTH) -> str:
             stack.extend((ind, broken, x) for x in reversed(d))
         elif isinstance(d, _Align):
             stack.append((pos, broken, d.doc))
+        elif isinstance(d, _Nest):
+            stack.append((ind + d.n, broken, d.doc))
+        elif isinstance(d, _Choice):
+            use_a = not broken or d.test is None or _fits(d.test, [], width - pos)
+            stack.append((ind, broken, d.a if use_a else d.b))
         elif isinstance(d, _Group):
             stack.append((ind, broken and not _fits(d.doc, stack, width - pos), d.doc))
         elif isinstance(d, _Fill):
@@ -287,9 +314,9 @@ def _doc(e):
         return [_x(e.obj, POSTFIX), "[", _Align(_x(e.index, COND)), "]"]
     if isinstance(e, A.Attr):
         return [_x(e.obj, POSTFIX), ".", e.name]
-    if isinstance(e, A.BinOp):
+    if isinstance(e, A.BinOp):  # breaks after the operator (a newline there never ends a statement)
         left, right = _OPERANDS[_LEVEL[e.op]]
-        return [_x(e.left, left), f" {e.op} ", _x(e.right, right)]
+        return _Align(_Group([_x(e.left, left), f" {e.op}", _SPACE, _x(e.right, right)]))
     if isinstance(e, A.UnaryOp):
         if e.op == "not":
             return ["not ", _x(e.operand, NOT)]
@@ -297,12 +324,17 @@ def _doc(e):
     if isinstance(e, A.Cond):  # breaks before `else` (a newline there never ends a statement)
         return _Align(_Group([_x(e.then, OR), " if ", _x(e.cond, OR), _SPACE, "else ", _x(e.orelse, COND)]))
     if isinstance(e, A.Pipeline):
-        stages = _join([["-> ", _stage(s)] for s in e.stages], _SPACE)
-        return _Group([_x(e.head, COND), " ", _Align(stages)])
+        # Broken: `->` lines aligned under the first `->`; but when a head that is not a
+        # plain value does not fit on one line with the first stage, every stage goes on
+        # its own line, indented 4 past the head.
+        head, stages = _x(e.head, COND), [["-> ", _stage(s)] for s in e.stages]
+        aligned = [head, " ", _Align(_join(stages, _SPACE))]
+        hanging = _Align([head, _Nest(INDENT, [[_SPACE, s] for s in stages])])
+        return _Group(_Choice(aligned, hanging, None if _simple(e.head) else [head, " ", stages[0]]))
     if isinstance(e, (A.Labelled, A.Annotated)):  # only valid as a pipeline stage
         return _stage(e)
     if isinstance(e, A.TensorTypeExpr):
-        return [e.dtype or "", "[", _Align(_join([_x(d, COND) for d in e.dims], ", ")), "]"]
+        return [e.dtype or "", _bracketed("[", [_x(d, COND) for d in e.dims], "]")]
     raise TypeError(f"cannot print {type(e).__name__} as an expression")
 
 

@@ -17,12 +17,10 @@ torch only):
 
 `train_step` is the step these measure, and the step archc's estimator models:
 forward and cross-entropy loss (inside autocast, if any), backward, optimizer
-step, zero_grad(set_to_none=True). `checkpointed_source` rewrites a generated
-forward so that chosen statement ranges run under torch.utils.checkpoint.
+step, zero_grad(set_to_none=True).
 """
 from __future__ import annotations
 
-import ast
 import contextlib
 from dataclasses import dataclass, field
 
@@ -214,103 +212,3 @@ def measure_training(model, inputs, target, optimizer, *, autocast_dtype=None, a
     peak = replay_peak(lambda: train_step(model, inputs, target, optimizer, autocast_dtype=autocast_dtype,
                                           accumulate=accumulate), base=base)
     return Measurement(saved, peak, state, batch)
-
-
-# -- checkpointed forward passes ----------------------------------------------------------
-
-_GLOBALS = {"self", "torch", "F", "nn", "rt", "None", "True", "False"}
-
-
-def checkpointed_source(source: str, segments: list[list[int]]) -> str:
-    """Rewrite a generated module's source so that each segment (a list of consecutive
-    statement numbers of `forward`, counting only assignments that compute a value)
-    runs as one torch.utils.checkpoint.checkpoint(..., use_reentrant=False) call.
-
-    Inside a segment, statements and the releases of its own temporaries keep their
-    order; the segment's inputs are released after the call where the original code
-    released them inside it. This is the rewrite a code generator makes for
-    `@checkpoint` stages and `checkpoint(on=...)` plans."""
-    lines = source.split("\n")
-    start = next(i for i, s in enumerate(lines) if s.strip().startswith("def forward("))
-    body_idx = [i for i in range(start + 1, len(lines)) if lines[i].startswith("        ")]
-    stmts = []  # (line index, is_release, targets, loads)
-    for i in body_idx:
-        text = lines[i].strip()
-        if text.startswith(("return", "if ")) or lines[i].startswith("            "):
-            continue
-        tree = ast.parse(text)
-        node = tree.body[0]
-        if not isinstance(node, ast.Assign):
-            continue
-        release = isinstance(node.value, ast.Constant) and node.value.value is None
-        targets = [n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)]
-        loads = {n.id for n in ast.walk(node.value) if isinstance(n, ast.Name)} - _GLOBALS
-        stmts.append((i, release, targets, loads))
-    compute = [k for k, s in enumerate(stmts) if not s[1]]
-    spans = {}  # first statement index -> (segment number, one past its last statement)
-    for si, seg in enumerate(segments):
-        seg = sorted(seg)
-        if seg != list(range(seg[0], seg[-1] + 1)):
-            raise ValueError(f"segment {si} is not a run of consecutive statements: {seg}")
-        first, last = compute[seg[0]], compute[seg[-1]]
-        stop = last + 1
-        while stop < len(stmts) and stmts[stop][1]:
-            stop += 1  # the releases right after the segment's last statement
-        spans[first] = (si, stop)
-
-    def loads_from(pos: int) -> set:
-        acc: set = set()
-        for st in stmts[pos:]:
-            if not st[1]:
-                acc |= st[3]
-        last_line = stmts[-1][0] if stmts else start
-        for i in range(last_line + 1, len(lines)):
-            t = lines[i].strip()
-            if t.startswith("return "):
-                acc |= {n.id for n in ast.walk(ast.parse(t)) if isinstance(n, ast.Name)}
-        return acc
-
-    new_body: list[str] = []
-    k = 0
-    while k < len(stmts):
-        if k not in spans:
-            new_body.append(lines[stmts[k][0]])
-            k += 1
-            continue
-        si, stop = spans[k]
-        members = range(k, stop)
-        defined: list[str] = []
-        inputs: list[str] = []
-        for m in members:
-            _, rel, tg, ld = stmts[m]
-            if not rel:
-                for name in sorted(ld):
-                    if name not in defined and name not in inputs:
-                        inputs.append(name)
-                defined += [t for t in tg if t not in defined]
-        after = loads_from(stop)
-        outputs = [d for d in defined if d in after]
-        fn = f"_checkpoint_{si}"
-        new_body.append(f"        def {fn}({', '.join(inputs)}):")
-        outer_releases: list[str] = []
-        for m in members:
-            li, rel, tg, _ = stmts[m]
-            if rel:
-                inner = [t for t in tg if t in defined]
-                outer_releases += [t for t in tg if t not in defined]
-                if inner:
-                    new_body.append("            " + " = ".join(inner) + " = None")
-            else:
-                new_body.append("    " + lines[li])
-        new_body.append("            return " + (outputs[0] if len(outputs) == 1 else "(" + ", ".join(outputs) + ")"))
-        new_body.append(f"        {', '.join(outputs)} = torch.utils.checkpoint.checkpoint({fn}, {', '.join(inputs)}, "
-                        "use_reentrant=False)")
-        if outer_releases:
-            new_body.append("        " + " = ".join(outer_releases) + " = None")
-        k = stop
-    body_lines = {st[0] for st in stmts}
-    first_body = body_idx[0] if body_idx else len(lines)
-    head = lines[:first_body]
-    tail_start = (stmts[-1][0] + 1) if stmts else first_body
-    tail = [ln for i, ln in enumerate(lines[tail_start:], tail_start) if i not in body_lines]
-    return "\n".join(head + new_body + tail)

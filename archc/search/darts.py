@@ -152,8 +152,13 @@ def run_darts(program, cfg: SearchConfig, *, output: str | os.PathLike | None = 
 
     if verbose and ckpt.exists() and resume:
         console.print(f"resuming from {ckpt}", highlight=False)
-    result = darts_search(net, data.train, data.val, tc, dc, genotype_fn=genotype_of, checkpoint=ckpt,
-                          resume=resume, callbacks=[_Log()])
+    # α steps on the validation split in batches of the plan's size, shuffled (evaluation keeps data.val)
+    from torch.utils.data import DataLoader
+
+    arch_data = DataLoader(data.val.dataset, batch_size=cfg.batch, shuffle=True,
+                           generator=torch.Generator().manual_seed(cfg.seed + 1))
+    result = darts_search(net, data.train, arch_data, tc, dc, evaluate_on=data.val, genotype_fn=genotype_of,
+                          checkpoint=ckpt, resume=resume, callbacks=[_Log()])
     derived = derive(program, cfg.model, result.alphas, opts["rule"], layouts=layouts)
     text = derive_arch(program, cfg.model, derived, args=cfg.args)
     params = program.check(cfg.model, decisions=derived.decisions, args=cfg.args, dims=cfg.dims).params
@@ -165,7 +170,7 @@ def run_darts(program, cfg: SearchConfig, *, output: str | os.PathLike | None = 
     from ..cli import write_atomic
 
     header = [f"# Best candidate of `archc search {cfg.spec.name} --plan {cfg.plan}` (darts, order {order}, "
-              f"{result.epochs} epochs): supernet validation accuracy "
+              f"{result.epochs} epoch{'s' * (result.epochs != 1)}): supernet validation accuracy "
               + (f"{100 * acc:.2f}%" if acc is not None else "-") + f", {params:,} parameters"]
     write_atomic(out_path, "\n".join(header) + "\n" + text + ("" if text.endswith("\n") else "\n"))
     row = {"trial": 0, "values": {"accuracy": acc}, "metrics": metrics, "decisions": derived.decisions,

@@ -303,8 +303,9 @@ def exprs(draw, depth=3):
         return A.Index(sub(), sub())
     if kind == "attr":
         return A.Attr(sub(), draw(names))
-    if kind == "list":
-        return A.ListExpr(some(0, 4))
+    if kind == "list":  # a sequence's items may be labelled
+        return A.ListExpr([A.Labelled(draw(names), draw(stages(depth - 1))) if draw(st.booleans()) else sub()
+                           for _ in range(draw(st.integers(0, 4)))])
     if kind == "tuple":
         return A.TupleExpr(some(1, 3))
     return A.Pipeline(sub(), [draw(stages(depth - 1)) for _ in range(draw(st.integers(1, 4)))])

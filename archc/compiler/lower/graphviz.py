@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import math
 import re
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import graphviz
 
@@ -22,16 +22,40 @@ from .report import human
 FONT = "Helvetica"
 # Attributes that would only clutter a box; the tooltip still has every attribute.
 _HIDDEN = {"padding", "bias", "eps", "momentum", "affine", "ceil_mode", "count_include_pad",
-           "output_padding", "name"}
+           "output_padding", "name", "site"}
 _ABBREV = {"stride": "s", "dilation": "d", "groups": "g"}
 _CLUSTER_FILL = ("#f4f7fb", "#e8eef7", "#dde6f3", "#d2ddef")
 
 
-def render(graph: Graph, *, color_by: Callable[[Node], str | None] | None = None) -> graphviz.Digraph:
+# Graphs with more op nodes than this are folded unless told otherwise (ViT-B/16 has 143).
+FOLD_ABOVE = 120
+
+
+def render(graph: Graph, *, color_by: Callable[[Node], str | None] | None = None,
+           alphas: Mapping[str, Any] | None = None, fold: bool | None = None,
+           streams: bool | None = None) -> graphviz.Digraph:
     """A graphviz.Digraph of `graph`, laid out top to bottom.
 
     `color_by(node)` may return a fill colour for an op node (any Graphviz
     colour: "#ffcc00", "red", "0.1 0.5 1.0"), or None to keep the default.
+
+    `alphas` (a supernet's architecture parameters by table name, as
+    `net.named_arch_parameters()` gives them: `{"normal": tensor, ...}`; tensors
+    or nested lists) draws each candidate's edge into its mixed op with a width
+    and a label from its softmax weight (PC-DARTS's edges into a node, from softmax(β)).
+
+    `fold=True` draws each run of consecutive identical block instances in a
+    sequence (the same block with the same ops, attributes, shapes and inner
+    wiring, as `h.0` .. `h.47` of GPT-2 XL) once: the first instance, labelled
+    "× N". The others are left out; edges into or out of them are drawn to and
+    from the matching node of the first, and the links from one copy to the
+    next are dropped. `fold=None` (the default) folds graphs of more than
+    FOLD_ABOVE op nodes; `fold=False` draws every node.
+
+    `streams=True` draws one dashed cluster per model input around the top-level nodes
+    and clusters that only that input reaches (a two-stream network's towers); what
+    several inputs reach (the fusion) stays outside. `streams=None` (the default) does
+    so for models with more than one input.
     """
     dot = graphviz.Digraph(name=graph.name)
     dot.attr(rankdir="TB", fontname=FONT, fontsize="16", label=graph.name, labelloc="t",
@@ -60,13 +84,19 @@ def render(graph: Graph, *, color_by: Callable[[Node], str | None] | None = None
             parent = c
         members[home].append(n.id)
 
+    if fold is None:
+        fold = sum(n.op not in ("input", "output") for n in nodes) > FOLD_ABOVE
+    folded = _fold(graph, members, kinds) if fold else _Folded()
+
     def fill(target: graphviz.Digraph, path: str, depth: int) -> None:
         for item in members[path]:
             if isinstance(item, int):
                 _node(target, graph, graph.node(item), params[item], color_by)
                 continue
+            if item in folded.hidden:
+                continue
             sub = graphviz.Digraph(name="cluster_" + item)
-            sub.attr(label=_cluster_label(item, kinds[item], totals[item]), labeljust="l",
+            sub.attr(label=_cluster_label(item, kinds[item], totals[item], folded.runs.get(item)), labeljust="l",
                      fontname=FONT, fontsize="10", fontcolor="#33415c", margin="10")
             if kinds[item].startswith("block:"):
                 sub.attr(style="rounded,filled", color="#8fa3c0",
@@ -76,17 +106,92 @@ def render(graph: Graph, *, color_by: Callable[[Node], str | None] | None = None
             fill(sub, item, depth + 1)
             target.subgraph(sub)
 
-    fill(dot, "", 0)
+    if streams is None:
+        streams = len(graph.inputs) > 1
+    if not streams:
+        fill(dot, "", 0)
+    else:  # one cluster per input stream around the top-level items it alone reaches
+        from ..passes.stream_costs import reaching_inputs
+
+        reach = reaching_inputs(graph)
+
+        def under(item) -> set:
+            if isinstance(item, int):
+                return set(reach[item])
+            return set().union(*(under(i) for i in members[item])) if members[item] else set()
+
+        top, by_stream = list(members[""]), {}
+        for item in top:
+            r = under(item)
+            if len(r) == 1:
+                by_stream.setdefault(r.pop(), []).append(item)
+        members["#rest"] = [i for i in top if not any(i in v for v in by_stream.values())]
+        for name, items in by_stream.items():
+            members["#" + name] = items
+            sub = graphviz.Digraph(name="cluster_stream_" + _ident(name))
+            sub.attr(label=f"<<b>stream {_esc(name)}</b>>", labeljust="l", fontname=FONT, fontsize="12",
+                     fontcolor="#3b6ea8", style="rounded,dashed", color="#3b6ea8", penwidth="1.4", margin="14")
+            fill(sub, "#" + name, 0)
+            dot.subgraph(sub)
+        fill(dot, "#rest", 0)
 
     # Edges last, at the top level, so no edge statement declares a node inside a cluster.
+    tables = {k.removeprefix("arch."): _rows(v) for k, v in (alphas or {}).items()}
+    drawn: set = set()
     for n in nodes:
-        for port, v in enumerate(graph.in_values(n.id)):
+        ins = graph.in_values(n.id)
+        weights = _edge_weights(graph, n, ins, tables) if tables else None
+        for port, v in enumerate(ins):
+            src, dst = v.node, n.id
+            if folded.rep:
+                ends = folded.edge(v.node, n.id)
+                if ends is None or (*ends, port, v.port) in drawn:
+                    continue  # from one folded copy to the next, or drawn already
+                drawn.add((*ends, port, v.port))
+                src, dst = ends
             # The first input is the main data path: keep it straight, let side inputs bend.
             extra = {"weight": "3" if port == 0 else "1"}
             if len(graph.node(v.node).outputs) > 1:  # which output of a split, say
                 extra.update(taillabel=str(v.port), labelfontsize="8", labelfontcolor="#a05a00")
-            dot.edge(str(v.node), str(n.id), label=_type(v.type), **extra)
+            label = _type(v.type)
+            if weights is not None:
+                if port == 0:
+                    extra.update(style="dotted", color="#b0b0b0")
+                else:
+                    w = weights[port - 1]
+                    extra.update(penwidth=f"{0.3 + 6 * w:.2f}", color=f"0.6 {0.25 + 0.75 * w:.2f} 0.55")
+                    label = f"{w:.2f}"
+            dot.edge(str(src), str(dst), label=label, **extra)
     return dot
+
+
+def _rows(t) -> list:
+    """A table of architecture parameters as nested lists (a tensor, an array or lists)."""
+    if hasattr(t, "detach"):
+        t = t.detach().cpu()
+    if hasattr(t, "tolist"):
+        t = t.tolist()
+    return [list(r) if isinstance(r, (list, tuple)) else [r] for r in t]
+
+
+def _softmax(xs: list[float]) -> list[float]:
+    m = max(xs)
+    e = [math.exp(x - m) for x in xs]
+    return [x / sum(e) for x in e]
+
+
+def _edge_weights(graph: Graph, n: Node, ins, tables: dict) -> list[float] | None:
+    """The softmax weights a mixed op (or PC-DARTS's weighted sum) gives its inputs after the first."""
+    if n.op not in ("mixed", "weighted_sum") or not ins:
+        return None
+    table = tables.get(graph.node(ins[0].node).path.split(".", 1)[-1])
+    if table is None:
+        return None
+    if n.op == "mixed":
+        row = table[n.attrs.row] if n.attrs.row < len(table) else None
+        return _softmax(row) if row and len(row) == len(ins) - 1 else None
+    col = [r[0] for r in table[n.attrs.start:n.attrs.start + len(ins) - 1]]
+    return _softmax(col) if len(col) == len(ins) - 1 else None
 
 
 # -- nodes -----------------------------------------------------------------------
@@ -114,7 +219,8 @@ def _node(target: graphviz.Digraph, graph: Graph, n: Node, params: int,
         lines.append(f"<font point-size=\"9\" color=\"#555555\">{_esc(leaf)}</font>")
     if n.shared:
         lines.append("<font point-size=\"8\" color=\"#a05a00\">&#8635; shares weights</font>")
-    tags = [k for k, v in sorted(n.meta.items()) if v is True]
+    # flags that are exactly True (@frozen, @lora), and checkpoint segments (their key is a name)
+    tags = [k for k, v in sorted(n.meta.items()) if v is True or (k == "checkpoint" and v)]
     if tags:
         lines.append("<font point-size=\"8\" color=\"#6a3d9a\">"
                      + _esc(" ".join("@" + t for t in tags)) + "</font>")
@@ -238,10 +344,97 @@ def _ancestors(path: str, kinds: dict[str, str]) -> list[str]:
     return [p for p in (".".join(parts[:i]) for i in range(1, len(parts) + 1)) if p in kinds]
 
 
-def _cluster_label(path: str, kind: str, params: int) -> str:
-    label = f"<<b>{_esc(path)}</b>"
+def _cluster_label(path: str, kind: str, params: int, run: tuple[int, str] | None = None) -> str:
+    """`path : Block (params)`; for a folded run of N copies, `first … last : Block × N (params each)`."""
+    if run is None:
+        label = f"<<b>{_esc(path)}</b>"
+    else:
+        label = f"<<b>{_esc(path)} &#8230; {_esc(run[1].rsplit('.', 1)[-1])}</b>"
     if kind.startswith("block:"):
         label += f" : {_esc(kind[6:])}"
+    if run is not None:
+        label += f" <b><font color=\"#a0421e\">&#215; {run[0]}</font></b>"
     if params:
-        label += f" <font color=\"#66708a\" point-size=\"9\">({human(params)} params)</font>"
+        each = " each" if run is not None else ""
+        label += f" <font color=\"#66708a\" point-size=\"9\">({human(params)} params{each})</font>"
     return label + ">"
+
+
+# -- folding ---------------------------------------------------------------------
+
+class _Folded:
+    """Which copies of repeated blocks are left out of a folded diagram."""
+
+    def __init__(self):
+        self.rep: dict[int, int] = {}  # node of a left-out copy -> the same node in the first copy
+        self.copy: dict[int, dict[str, int]] = {}  # node -> {run (its first copy's path): copy index}
+        self.runs: dict[str, tuple[int, str]] = {}  # first copy's path -> (copies, last copy's path)
+        self.hidden: set[str] = set()  # cluster paths of the left-out copies
+
+    def edge(self, u: int, v: int) -> tuple[int, int] | None:
+        """Where an edge u -> v is drawn: both ends moved into first copies (runs nest), or
+        None for a link from one copy of a run to another."""
+        while True:
+            cu, cv = self.copy.get(u, {}), self.copy.get(v, {})
+            if any(cv.get(run, k) != k for run, k in cu.items()):
+                return None
+            nu, nv = self.rep.get(u, u), self.rep.get(v, v)
+            if (nu, nv) == (u, v):
+                return u, v
+            u, v = nu, nv
+
+
+def _fold(graph: Graph, members: dict[str, list], kinds: dict[str, str]) -> _Folded:
+    """Runs of consecutive identical block instances among the children of each sequence."""
+    out = _Folded()
+
+    def ids(path: str) -> list[int]:  # the nodes drawn inside a cluster, in drawing order
+        got = []
+        for item in members[path]:
+            got.extend([item] if isinstance(item, int) else ids(item))
+        return got
+
+    def signature(path: str, nids: list[int]):
+        local = {nid: i for i, nid in enumerate(nids)}
+        sig = [kinds[path]]
+        for nid in nids:
+            n = graph.node(nid)
+            rel = n.path[len(path):] if n.path.startswith(path + ".") else "~" + n.path
+            srcs = tuple((local.get(v.node, -1), v.port, str(v.type)) for v in graph.in_values(nid))
+            sig.append((rel, n.op, repr(n.attrs), tuple(map(str, n.outputs)), n.shared, srcs,
+                        tuple(sorted((k, repr(v)) for k, v in n.meta.items()))))
+        return tuple(sig)
+
+    for parent, items in members.items():  # outer clusters come before the clusters inside them
+        if kinds.get(parent) != "seq" or any(_within(parent, h) for h in out.hidden):
+            continue
+        i = 0
+        while i < len(items):
+            first = items[i]
+            if isinstance(first, int) or not kinds[first].startswith("block:"):
+                i += 1
+                continue
+            first_ids = ids(first)
+            sig = signature(first, first_ids)
+            j = i + 1
+            copies = [first_ids]
+            while j < len(items) and not isinstance(items[j], int) and kinds[items[j]] == kinds[first]:
+                nxt = ids(items[j])
+                if signature(items[j], nxt) != sig:
+                    break
+                copies.append(nxt)
+                j += 1
+            if len(copies) > 1:
+                out.runs[first] = (len(copies), items[j - 1])
+                for k, nids in enumerate(copies):
+                    for a, b in zip(first_ids, nids):
+                        out.copy.setdefault(b, {})[first] = k
+                        if k:
+                            out.rep[b] = a
+                out.hidden.update(items[i + 1:j])
+            i = j
+    return out
+
+
+def _ident(name: str) -> str:
+    return re.sub(r"\W", "_", name)

@@ -6,3 +6,4 @@ from . import graph_io  # noqa: F401
 from . import attention, position  # noqa: F401
 from . import search  # noqa: F401
 from . import recurrent  # noqa: F401
+from . import lora  # noqa: F401  (adapters inserted by finetune plans)

@@ -276,7 +276,7 @@ class GRU(Recurrent):
 
 class ConvLSTMAttrs(Attrs):
     hidden: int
-    kernel: int | tuple[int, int]
+    kernel: int | tuple[int, ...]
     peephole: bool = False
     bias: bool = True
 
@@ -331,13 +331,14 @@ class ConvLSTM(Op):
 
     def params(self, a, ins):
         c, ks = self._check(a, ins)
-        p = {"conv.weight": (4 * a.hidden, c + a.hidden) + ks}
-        if a.bias:
-            p["conv.bias"] = (4 * a.hidden,)
+        p = {}  # a module's own parameters come before its children's in a state_dict
         if a.peephole:
             hw = tuple(ins[0].shape[3:])
             for n in ("w_ci", "w_cf", "w_co"):
                 p[n] = (a.hidden,) + hw
+        p["conv.weight"] = (4 * a.hidden, c + a.hidden) + ks
+        if a.bias:
+            p["conv.bias"] = (4 * a.hidden,)
         return p
 
     def flops(self, a, ins, outs):

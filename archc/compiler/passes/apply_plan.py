@@ -23,11 +23,17 @@ def plan_pass(name: str):
 
 
 def apply_plan(graph: Graph, plan: Plan) -> Graph:
-    from . import freeze, mark_checkpoints  # noqa: F401  (they register themselves)
+    from . import freeze, mark_checkpoints, insert_lora, insert_residual  # noqa: F401  (they register themselves)
+    from ..selectors import select
 
     for d in plan.directives:
         fn = PLAN_PASSES.get(d.name)
         if fn is not None:
+            d.matched = None
             graph = fn(graph, d, plan)
+            if d.matched is None and isinstance(getattr(d.args, "on", None), str):
+                # what the directive selected, for `archc check --plan` (passes may record it themselves)
+                d.matched = select(graph, d.args.on, getattr(d.args, "exclude", None), span=d.at("on"),
+                                   what=f"{d.name} selector").modules
     graph.plan = plan
     return graph

@@ -108,6 +108,9 @@ def settings_from_plan(graph: Graph, plan, *, dims: dict[str, int] | None = None
     graph = fast_view(graph)
     s = MemorySettings()
     diags: list[Diagnostic] = []
+    # checkpoint segments: node -> segment key, from the graph's marks (a plan already applied,
+    # `@checkpoint`) and from the plan's checkpoint directives
+    keys: dict[int, str] = {n.id: str(n.meta["checkpoint"]) for n in graph.nodes() if n.meta.get("checkpoint")}
     if plan is not None:
         s.span = plan.span
         s.training = plan.kind in ("train", "finetune") if training is None else training
@@ -123,27 +126,29 @@ def settings_from_plan(graph: Graph, plan, *, dims: dict[str, int] | None = None
         if (d := plan.one("device")) is not None and device is None:
             dev = lookup(d.args.name)
             if dev is None:
-                diags.append(Diagnostic("E0504", f"unknown device `{d.args.name}`", d.span,
+                diags.append(Diagnostic("E0504", f"unknown device `{d.args.name}`", _at(d, "name"),
                                         help=suggest(d.args.name)))
             else:
                 memory = getattr(d.args, "memory", None)
                 try:
                     mem = parse_bytes(memory) if memory is not None else None
                 except ValueError as e:
-                    diags.append(Diagnostic("E0502", f"invalid `memory` for `device`: {e}", d.span))
+                    diags.append(Diagnostic("E0502", f"invalid `memory` for `device`: {e}", _at(d, "memory")))
                     mem = None
                 s.device = with_overrides(dev, mem, getattr(d.args, "attention", None))
         for d in plan.all("checkpoint"):
             fast = _select_simple(graph, d.args.on) if not d.args.exclude else None
             if fast is not None:
-                s.checkpoint += fast
+                keys.update(fast)
                 continue
             try:
-                sel = select(graph, d.args.on, d.args.exclude, span=d.span, what="checkpoint selector")
+                sel = select(graph, d.args.on, d.args.exclude, span=_at(d, "on"), what="checkpoint selector")
             except CompileError as e:
                 diags += e.diagnostics
                 continue
-            s.checkpoint += _segments(graph, sel)
+            for nid in sel.nodes:  # the rule of passes/mark_checkpoints.py
+                n = graph.node(nid)
+                keys[nid] = next((m for m in sel.modules if n.path == m or n.path.startswith(m + ".")), n.path)
     elif training is not None:
         s.training = training
     if device is not None:
@@ -162,64 +167,53 @@ def settings_from_plan(graph: Graph, plan, *, dims: dict[str, int] | None = None
         s.dims = {**s.dims, **dims}
     if diags:
         raise CompileError(diags)
-    s.checkpoint += _annotated_segments(graph, s.checkpoint)
+    s.checkpoint = _runs(graph, keys)
     return s
 
 
-def _select_simple(graph: Graph, selector: str) -> list[list[int]] | None:
-    """Segments for a lone `block:NAME` or `op:NAME` selector, found in one pass (selectors.select
+def _at(d, arg: str):
+    at = getattr(d, "at", None)
+    return at(arg) if at is not None else d.span
+
+
+def _runs(graph: Graph, keys: dict[int, str]) -> list[list[int]]:
+    """Segments as the code generator makes them: runs of consecutive nodes with one key."""
+    segs: list[list[int]] = []
+    prev = None
+    for n in graph.nodes():
+        if n.op in ("input", "output"):
+            continue
+        k = keys.get(n.id)
+        if k is None:
+            prev = None
+            continue
+        if k == prev:
+            segs[-1].append(n.id)
+        else:
+            segs.append([n.id])
+        prev = k
+    return segs
+
+
+def _select_simple(graph: Graph, selector: str) -> dict[int, str] | None:
+    """Segment keys for a lone `block:NAME` or `op:NAME` selector, found in one pass (selectors.select
     gives the same answer, and the diagnostics when nothing matches: it is called then)."""
     term = selector.strip()
     if "," in term or not term.startswith(("block:", "op:")):
         return None
-    segs: dict[str, list[int]] = {}
+    keys: dict[int, str] = {}
     if term.startswith("op:"):
-        out = [[n.id] for n in graph.nodes() if n.op == term[3:]]
-        return out or None
+        keys = {n.id: n.path for n in graph.nodes() if n.op == term[3:]}
+        return keys or None
     block = term[6:]
     for n in graph.nodes():
         if n.op in ("input", "output"):
             continue
         for site in n.calls:
             if site.block == block:
-                segs.setdefault(site.path, []).append(n.id)
+                keys[n.id] = site.path
                 break
-    return list(segs.values()) or None
-
-
-def _segments(graph: Graph, sel) -> list[list[int]]:
-    """One checkpoint segment per selected module (a block instance, a sequence, a node):
-    each selected node goes to the first selected module that holds it."""
-    order = {n.id: i for i, n in enumerate(graph.nodes())}
-    rank = {m: k for k, m in enumerate(sel.modules)}
-    groups: dict[int, list[int]] = {}
-    rest = []
-    for i in sel.nodes:
-        n = graph.node(i)
-        parts = n.path.split(".")
-        cands = [".".join(parts[:k]) for k in range(1, len(parts) + 1)] + [c.path for c in n.calls]
-        hits = [rank[c] for c in cands if c in rank]
-        if hits:
-            groups.setdefault(min(hits), []).append(i)
-        else:
-            rest.append(i)
-    segs = [sorted(groups[k], key=order.get) for k in sorted(groups)]
-    return segs + [[i] for i in sorted(rest, key=order.get)]
-
-
-def _annotated_segments(graph: Graph, existing: list[list[int]]) -> list[list[int]]:
-    """Segments from `@checkpoint` annotations: runs of consecutive marked nodes."""
-    covered = {i for seg in existing for i in seg}
-    segs, cur = [], []
-    for n in graph.nodes():
-        if n.meta.get("checkpoint") and n.id not in covered and n.op not in ("input", "output"):
-            cur.append(n.id)
-        elif cur:
-            segs.append(cur)
-            cur = []
-    if cur:
-        segs.append(cur)
-    return segs
+    return keys or None
 
 
 # -- the report -------------------------------------------------------------------
@@ -376,9 +370,6 @@ class _Model:
         for key, us in self.users.items():
             self.last_use[key] = max(self.order[u] for u in us if graph.node(u).op != "output") \
                 if any(graph.node(u).op != "output" for u in us) else -1
-        self.inplace = {n.id for n in self.nodes
-                        if getattr(REGISTRY.get(n.op), "inplace_template", None) and len(self.ins[n.id]) == 1
-                        and _may_overwrite(graph, self.ins[n.id][0], self.keep)}
         self.node_by_id = {n.id: n for n in self.nodes}
         self.in_keys = {n.id: [(v.node, v.port) for v in self.ins[n.id]] for n in self.nodes}
         self.static_key = {n.id: (n.op, repr(n.attrs)) for n in self.nodes}
@@ -386,6 +377,12 @@ class _Model:
         for k, seg in enumerate(s.checkpoint):
             for nid in seg:
                 self.segment_of.setdefault(nid, k)
+        # in place as the code generator runs it: never on a value from outside the segment
+        self.inplace = {n.id for n in self.nodes
+                        if getattr(REGISTRY.get(n.op), "inplace_template", None) and len(self.ins[n.id]) == 1
+                        and _may_overwrite(graph, self.ins[n.id][0], self.keep)
+                        and (n.id not in self.segment_of
+                             or self.segment_of.get(self.ins[n.id][0].node) == self.segment_of[n.id])}
         self._params()
         self._loss()
         self._cache: dict = {}

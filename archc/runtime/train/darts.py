@@ -20,7 +20,9 @@ rate annealed by a cosine from `lr` to `lr_min` over the epochs).
   training batch, w' = w - η (momentum buffer + ∇w L_train + weight decay · w), minus
   η times the Hessian-vector product ∇²_{α,w} L_train · ∇w' L_val, by finite
   differences at w ± R v with R = 0.01 / ‖v‖. The virtual step is taken in
-  place on the model's weights (no copy of the model) and undone exactly.
+  place on the model's weights (no copy of the model) and undone exactly; the
+  batch-norm statistics the forward at w' updates are put back (the reference
+  runs it on a copy), so the steps match the reference's (tests/specs/test_darts_parity.py).
 
 Checkpoints (`checkpoint=PATH`): after every `checkpoint_every` epochs and at
 the end, the model (weights and α), both optimizers, the epoch, the genotypes
@@ -78,14 +80,44 @@ class DartsResult:
     history: list[dict] = field(default_factory=list)  # per epoch: supernet metrics, seconds
 
 
-def _cycle(loader: Iterable):
-    while True:
-        n = 0
-        for batch in loader:
-            n += 1
-            yield batch
-        if n == 0:
-            raise ValueError("the validation data for the architecture steps is empty")
+class _Cycle:
+    """Batches of `loader`, pass after pass, with a position that a checkpoint can keep: the
+    shuffling generator's state when the pass began and the batches taken since."""
+
+    def __init__(self, loader: Iterable, position: tuple | None = None):
+        self.loader = loader
+        gen = getattr(loader, "generator", None)
+        self.gen = gen if isinstance(gen, torch.Generator) else None
+        self.it, self.cursor, self.start = None, 0, None
+        if position is not None:  # re-create the pass in progress, then the generator as it was
+            start, cursor = position
+            now = self.gen.get_state() if self.gen is not None else None
+            if self.gen is not None and start is not None:
+                self.gen.set_state(start)
+            self.it, self.start = iter(loader), start
+            for _ in range(cursor):
+                next(self.it)
+            self.cursor = cursor
+            if now is not None:
+                self.gen.set_state(now)
+
+    def __next__(self):
+        while True:
+            if self.it is None:
+                self.start = self.gen.get_state() if self.gen is not None else None
+                self.it, self.cursor = iter(self.loader), 0
+            try:
+                batch = next(self.it)
+            except StopIteration:
+                if self.cursor == 0:
+                    raise ValueError("the validation data for the architecture steps is empty") from None
+                self.it = None
+                continue
+            self.cursor += 1
+            return batch
+
+    def position(self) -> tuple | None:
+        return (self.start, self.cursor) if self.it is not None else None
 
 
 class DartsCallback(Callback):
@@ -98,8 +130,10 @@ class DartsCallback(Callback):
                  loss_fn: Callable | None = None, genotype_fn: Callable[[dict], Any] | None = None,
                  checkpoint: str | os.PathLike | None = None, total_epochs: int | None = None,
                  start_epoch: int = 0, arch_state: dict | None = None, genotypes: list | None = None,
-                 history: list | None = None, train: Iterable | None = None):
+                 history: list | None = None, train: Iterable | None = None,
+                 valid_position: tuple | None = None):
         self.train = train
+        self._valid_position = valid_position
         self.alphas = list(alphas)
         if not self.alphas:
             raise ValueError("the model has no architecture parameters: build it with relax=\"darts\"")
@@ -118,12 +152,13 @@ class DartsCallback(Callback):
         if arch_state:
             self.arch_opt.load_state_dict(arch_state)
         self._valid_iter = None
+        self._pending: int | None = None
         self._epoch_t0 = 0.0
         self.arch_steps = 0
 
     # -- fit's hooks
     def on_fit_start(self, state: TrainState) -> None:
-        self._valid_iter = _cycle(self.valid)
+        self._valid_iter = _Cycle(self.valid, self._valid_position)
         state.extras["darts"] = self  # for other callbacks: genotypes, history, start_epoch
 
     def lr_at(self, epoch: int) -> float:
@@ -159,11 +194,19 @@ class DartsCallback(Callback):
         self.history.append({"epoch": epoch, "seconds": round(time.perf_counter() - self._epoch_t0, 3),
                              "lr": state.optimizer.param_groups[0]["lr"], "loss": state.loss})
         if self.checkpoint and (epoch % self.cfg.checkpoint_every == 0 or epoch == self.total_epochs):
-            self.save(state, epoch)
+            self._pending = epoch  # saved after the epoch's evaluation (it may draw from the loaders' RNGs)
 
     def on_evaluate(self, state: TrainState, metrics: dict) -> None:
         if self.history and self.history[-1]["epoch"] == self.start_epoch + state.epoch + 1:
             self.history[-1].update({k: v for k, v in metrics.items() if k in ("loss", "accuracy")})
+        if self._pending is not None:
+            self.save(state, self._pending)
+            self._pending = None
+
+    def on_fit_end(self, state: TrainState) -> None:
+        if self._pending is not None:  # no evaluation followed the last epoch
+            self.save(state, self._pending)
+            self._pending = None
 
     # -- the architecture gradient
     def _loss(self, model, batch, device) -> torch.Tensor:
@@ -197,8 +240,13 @@ class DartsCallback(Callback):
                 if buf is not None and momentum:
                     d = d + momentum * buf
                 w.sub_(eta * d)
-        # ∇α L_val(w', α) and v = ∇w' L_val(w', α)
+        # ∇α L_val(w', α) and v = ∇w' L_val(w', α); the reference runs this on a copy of the
+        # model, so the batch norms' running statistics it updates are put back
+        buffers = [b.detach().clone() for b in model.buffers()]
         g_val = grads(self._loss(model, valid, device), self.alphas + weights)
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), buffers):
+                b.copy_(saved)
         d_alpha, v = g_val[:len(self.alphas)], g_val[len(self.alphas):]
         # the Hessian-vector product by finite differences around w
         R = self.cfg.r / torch.cat([x.reshape(-1) for x in v]).norm().clamp_min(1e-12)
@@ -236,6 +284,7 @@ class DartsCallback(Callback):
             "history": self.history,
             "darts": asdict(self.cfg),
             "rng": {**_rng_state(), "loaders": {name: gen.get_state() for name, gen in self._generators()}},
+            "valid_position": self._valid_iter.position() if self._valid_iter is not None else None,
         }
         tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -311,7 +360,7 @@ def darts_search(model: nn.Module, train: Iterable, valid: Iterable, config: Tra
         from .loop import make_optimizer
 
         opt = make_optimizer(weights, config)
-    start, extra, arch_state, genotypes, history = 0, [], None, [], []
+    start, extra, arch_state, genotypes, history, position = 0, [], None, [], [], None
     ckpt_path = Path(checkpoint) if checkpoint else None
     if ckpt_path and resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -322,12 +371,13 @@ def darts_search(model: nn.Module, train: Iterable, valid: Iterable, config: Tra
         opt.load_state_dict(ckpt["weights_optimizer"])
         start, arch_state = ckpt["epoch"], ckpt["arch_optimizer"]
         genotypes, history = ckpt.get("genotypes", []), ckpt.get("history", [])
+        position = ckpt.get("valid_position")
         extra = [_Reseed(ckpt["rng"], {"train": train, "valid": valid})]
     t0 = time.perf_counter()
     cb = DartsCallback(arch_parameters, valid, darts, config, names=arch_names, loss_fn=loss_fn,
                        genotype_fn=genotype_fn, checkpoint=ckpt_path, total_epochs=config.epochs,
                        start_epoch=start, arch_state=arch_state, genotypes=genotypes, history=history,
-                       train=train)
+                       train=train, valid_position=position)
     left = config.epochs - start
     if left <= 0:
         fit_result = FitResult({}, None, None, [], 0, 0, 0.0, "already done")
