@@ -136,6 +136,7 @@ class Program:
         """The generated PyTorch source of a model."""
         from .compiler.lower.torch import generate
 
+        kwargs.setdefault("strict", False)  # a space's source shows its first candidates
         return generate(self.graph(model, plan=plan, dims=dims, args=args, **kwargs), os.path.basename(self.file)).source
 
     def build(self, model: str | None = None, *, plan=None, dims=None, args=None, allow_large: bool = False,

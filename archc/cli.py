@@ -1,4 +1,4 @@
-"""The `archc` command: check, build and render .arch specs.
+"""The `archc` command: check, build and render .arch specs; run search, compress and train plans.
 
 Exit status: 0 ok, 1 errors in a spec, 2 wrong command-line use.
 """
@@ -144,6 +144,12 @@ def cmd_check(args) -> int:
                     if space_diags:
                         diags += space_diags
                         continue
+                from .compiler.ops.stochastic import check_graph  # EMA targets, a train plan's inputs
+
+                graph_diags = check_graph(graph)
+                if graph_diags:
+                    diags += graph_diags
+                    continue
                 results.append((file, count_cost(graph)))
                 if args.plan and graph.plan is not None:
                     matches.append((file, _matched(graph.plan)))
@@ -684,6 +690,206 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def _train_settings(plan, graph, args) -> dict:
+    """A `train` plan's settings, read from its directives (no torch here): the loop's
+    configuration, the data, the augmentations, where checkpoints and weights go."""
+    budget, opt, seed_d = plan.one("budget"), plan.one("optimizer"), plan.one("seed")
+    ev, save, members = plan.one("evaluate"), plan.one("save"), plan.one("members")
+    has_loss = any(graph.node(o).path == "loss" for o in graph.outputs)
+    b = budget.args if budget else None
+    epochs = args.epochs if args.epochs is not None else (b.epochs if b else None)
+    steps = args.steps if args.steps is not None else (b.steps if b else None)
+    if epochs is None and steps is None:
+        epochs = 10
+    o = opt.args if opt else None
+    precision = plan.one("precision")
+    accumulate = plan.one("accumulate")
+    seed = seed_d.args.value if seed_d else 0
+    monitor = (ev.args.monitor if ev and ev.args.monitor else None) or ("loss" if has_loss else "accuracy")
+    mode = (ev.args.mode if ev and ev.args.mode else None) or ("min" if monitor in ("loss",) else "max")
+    patience = b.patience if b else None
+    config = dict(epochs=epochs, steps=steps, optimizer=o.name if o else "adamw", lr=o.lr if o else 1e-3,
+                  weight_decay=o.weight_decay if o else 0.0, momentum=o.momentum if o else 0.0,
+                  betas=tuple(o.betas) if o else (0.9, 0.999),
+                  precision=precision.args.mode if precision else "fp32",
+                  accumulate=accumulate.args.steps if accumulate else 1,
+                  eval_every=ev.args.every if ev else None, monitor=monitor, mode=mode, patience=patience,
+                  restore_best=patience is not None, seed=seed, progress=not (args.quiet or args.json),
+                  description=f"{plan.model} ({plan.name})")
+    aug = plan.one("augment")
+    augment = {k: getattr(aug.args, k) for k in type(aug.args).model_fields} if aug else {}
+    spec = Path(args.file)
+    stem = spec.parent / f"{spec.stem}.{plan.name}"
+    checkpoint = args.checkpoint or (save.args.path if save and save.args.path else None) or f"{stem}.ckpt"
+    weights = args.output or (save.args.weights if save and save.args.weights else None) or f"{stem}.safetensors"
+    base = spec.parent
+
+    def rel(p):  # plan paths are relative to the spec; command-line paths to the working directory
+        return str(p) if Path(p).is_absolute() or p in (args.checkpoint, args.output) else str(base / p)
+
+    data = plan.one("data").args
+    return {"config": config, "augment": augment, "checkpoint": rel(checkpoint), "weights": rel(weights),
+            "data": data, "batch": b.batch if b else 64, "seed": seed, "has_loss": has_loss,
+            "members": members.args if members else None}
+
+
+def _ensemble_members(graph) -> tuple[list[str], str] | None:
+    """The labelled modules whose outputs an `ensemble` combines, and its mode (None: no ensemble)."""
+    nodes = [n for n in graph.nodes() if n.op == "ensemble"]
+    if len(nodes) != 1:
+        return None
+    n = nodes[0]
+    return [graph.node(v.node).path.split(".")[0] for v in graph.in_values(n.id)], n.attrs.mode
+
+
+def cmd_train(args) -> int:
+    """Run a `train` plan: optimise the model's `loss` output (or its logits' cross-entropy) on
+    the plan's data with the plan's optimizer, precision, accumulation and checkpointing, on
+    archc's one training loop; write resumable checkpoints and the final weights."""
+    from . import api
+    from .compiler.ops.stochastic import check_graph
+
+    for flag in ("epochs", "steps", "threads"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            return _usage(f"--{flag} must be at least 1")
+    dims = _dims(args.dim)
+    try:
+        prog = api.load(args.file)
+        name_errors = prog.check_names()
+        if name_errors:
+            raise CompileError(name_errors)
+        plan = prog.plan(args.plan)
+        if plan.kind != "train":
+            return _usage(f"plan `{plan.name}` is a `{plan.kind}` plan: run it with `archc {plan.kind}`"
+                          if plan.kind in ("search", "compress") else
+                          f"plan `{plan.name}` is a `{plan.kind}` plan; `archc train` runs `train` plans")
+        if plan.one("data") is None:
+            raise CompileError(Diagnostic("E1105", f"plan `{plan.name}` has no data to train on", plan.span,
+                                          help="add `data(\"digits\")` or `data(\"module:function\")` to the plan"))
+        graph = prog.graph(plan=args.plan, dims=dims)
+        diags = check_graph(graph)
+        if diags:
+            raise CompileError(diags)
+        api.check_size(graph, args.allow_large)
+        s = _train_settings(plan, graph, args)
+        ens = _ensemble_members(graph) if s["members"] is not None else None
+        if s["members"] is not None and ens is None:
+            raise CompileError(Diagnostic("E1104", f"plan `{plan.name}` trains ensemble members, but `{plan.model}` "
+                                          "has no `ensemble(...)` (or more than one)", plan.one("members").span))
+        if not s["has_loss"] and ens is None and not any(graph.node(o).path == "logits" for o in graph.outputs) \
+                and len(graph.outputs) != 1:
+            raise CompileError(Diagnostic("E0212", f"`{plan.model}` has no `loss` output and no `logits` to train "
+                                          "with cross-entropy", plan.span,
+                                          help="add `output loss = ...` (an objective op) to the model"))
+        inputs = [(graph.node(i).path, tuple(d if isinstance(d, int) else None for d in graph.node(i).outputs[0].shape),
+                   graph.node(i).outputs[0].dtype) for i in graph.inputs]
+    except CompileError as e:
+        _print_diagnostics(e.diagnostics, args.json)
+        return 1
+
+    import torch
+
+    from .compiler.lower.torch import build_module
+    from .runtime import ensemble as ens_rt
+    from .runtime.data import DataError, load_data
+    from .runtime.objectives import Augment, InputSpec, train, zero_shot_accuracy
+    from .runtime.train import TrainConfig, seed_everything
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    d = s["data"]
+    try:
+        data = load_data(d.name, batch=s["batch"], seed=d.seed, val=d.val, test=d.test,
+                         search_path=[str(Path(args.file).resolve().parent)], **d.kwargs())
+    except DataError as e:
+        print(f"archc: error: plan `{plan.name}`: {e}", file=sys.stderr)
+        return 1
+    config = TrainConfig(device=device, **s["config"])
+    seed_everything(s["seed"])
+    model = build_module(graph, os.path.basename(args.file)).to(device)
+    specs = [InputSpec(*i) for i in inputs]
+    aug = Augment(**s["augment"])
+    summary: dict = {"plan": plan.name, "model": plan.model, "device": device}
+    try:
+        if ens is not None:
+            members, mode = ens
+            m = s["members"]
+            report = ens_rt.train_members(model, members, data, config, method=m.method, shrinkage=m.shrinkage,
+                                          seed=s["seed"], batch=s["batch"])
+            if mode == "stack":
+                ens_rt.fit_meta(model, data.val, config.but(epochs=m.meta_epochs, steps=None, lr=m.meta_lr,
+                                                            weight_decay=1e-4, precision="fp32"), seed=s["seed"])
+            summary.update(method=m.method, member_weights=report.member_weights,
+                           val=ens_rt.accuracies(model, members, data.val) if data.val is not None else {},
+                           test=ens_rt.accuracies(model, members, data.test) if data.test is not None else {})
+            if report.errors:
+                summary["boosting_errors"] = report.errors
+        else:
+            r = train(model, data, specs, config, augment=aug, checkpoint=s["checkpoint"], resume=args.resume)
+            summary.update(steps=r.fit.steps, epochs=r.fit.epochs, stop_reason=r.fit.stop_reason,
+                           resumed_from_epoch=r.resumed_from, best=r.fit.best, monitor=config.monitor,
+                           val=r.fit.metrics, test=r.test, checkpoint=s["checkpoint"])
+            if {"image_embeds", "text_embeds"} <= set(getattr(model, "output_names", ())) and data.test is not None:
+                summary["test"] = {**r.test, "zero_shot_accuracy": zero_shot_accuracy(model, data, specs)}
+    except KeyboardInterrupt:
+        print(f"archc: training interrupted; `archc train {args.file} --plan {plan.name} --resume` continues "
+              "from the last checkpoint", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError) as e:
+        print(f"archc: error: plan `{plan.name}`: {e}", file=sys.stderr)
+        return 1
+    from safetensors.torch import save as save_safetensors
+
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    write_atomic(Path(s["weights"]), save_safetensors(state))
+    summary["weights"] = s["weights"]
+    if args.json:
+        print(json.dumps({"ok": True, **summary}, indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if ens is not None:
+        table = Table(title=f"{plan.model}: plan {plan.name} ({summary['method']})")
+        for col in ("", "validation accuracy", "test accuracy", "weight"):
+            table.add_column(col, justify="right" if col else "left")
+        weights = dict(zip(ens[0], summary["member_weights"]))
+        for k in list(ens[0]) + ["ensemble"]:
+            v, t = summary["val"].get(k), summary["test"].get(k)
+            table.add_row(k if k != "ensemble" else f"ensemble ({ens[1]})", "-" if v is None else f"{100 * v:.2f}%",
+                          "-" if t is None else f"{100 * t:.2f}%",
+                          f"{weights[k]:.3g}" if k in weights else "")
+        console.print(table)
+    else:
+        table = Table(title=f"{plan.model}: plan {plan.name}")
+        table.add_column("metric")
+        table.add_column("validation", justify="right")
+        table.add_column("test", justify="right")
+        keys = [k for k in dict.fromkeys(list(summary["val"]) + list(summary["test"]))
+                if k not in ("count", "step", "epoch")]
+        for k in keys:
+            def fmt(v):
+                if v is None:
+                    return "-"
+                return f"{100 * v:.2f}%" if "accuracy" in k else f"{v:.4f}"
+            table.add_row(k, fmt(summary["val"].get(k)), fmt(summary["test"].get(k)))
+        console.print(table)
+        how = f"{summary['steps']} steps, {summary['epochs']} epochs"
+        if summary["resumed_from_epoch"] is not None:
+            how += f" (resumed at epoch {summary['resumed_from_epoch']})"
+        if summary["stop_reason"]:
+            how += f"; stopped early: {summary['stop_reason']}"
+        console.print(how)
+        console.print(f"checkpoint {summary['checkpoint']} (`--resume` continues from it)")
+    console.print(f"wrote {summary['weights']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="archc", description="Compile .arch architecture specs.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -787,6 +993,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(fn=cmd_compress)
+
+    p = sub.add_parser("train", help="run a train plan: optimise the model's loss output on the plan's data")
+    p.add_argument("file", help="an .arch file")
+    p.add_argument("--plan", required=True, help="the `train` plan to run")
+    p.add_argument("--resume", action="store_true", help="continue from the plan's checkpoint (if it exists)")
+    p.add_argument("--checkpoint", metavar="FILE", help="the resumable checkpoint (default: the plan's `save`, "
+                   "else SPEC_DIR/STEM.PLAN.ckpt)")
+    p.add_argument("-o", "--output", metavar="FILE", help="the final weights, safetensors (default: the plan's "
+                   "`save(weights=...)`, else SPEC_DIR/STEM.PLAN.safetensors)")
+    p.add_argument("--epochs", type=int, metavar="N", help="train for N epochs (overrides the plan's budget)")
+    p.add_argument("--steps", type=int, metavar="N", help="stop after N optimizer steps (overrides the plan's budget)")
+    p.add_argument("--dim", action="append", metavar="SYM=N", help="bind a symbolic dimension")
+    p.add_argument("--device", default="auto", help="where to train: auto, cpu, cuda, cuda:1...")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    p.add_argument("--allow-large", action="store_true", help="build models over 1,000,000,000 parameters")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(fn=cmd_train)
 
     try:
         args = ap.parse_args(argv)

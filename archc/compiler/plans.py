@@ -293,9 +293,10 @@ class Constraint(Directive):
     expr: str
 
 
-@directive("data", "search")
+@directive("data", ("search", "train"))
 class Data(Directive):
-    """`data("digits")` or `data("module:function", ...)`: the data candidates train on.
+    """`data("digits")` or `data("module:function", ...)`: the data candidates (or, in a `train`
+    plan, the model) train on.
     `val`, `test`: fractions held out when archc splits the data; `seed` fixes the split;
     other arguments go to the user's function."""
 
@@ -317,10 +318,11 @@ class Storage(Directive):
     url: str
 
 
-@directive("budget", "search")
+@directive("budget", ("search", "train"))
 class Budget(Directive):
-    """`budget(epochs=2, batch=64)`: how long each candidate trains (epochs and/or optimizer
-    steps, whichever ends first), its batch size, and early stopping's patience."""
+    """`budget(epochs=2, batch=64)`: how long each candidate (in a `train` plan, the model)
+    trains (epochs and/or optimizer steps, whichever ends first), its batch size, and early
+    stopping's patience."""
 
     epochs: int | None = None
     steps: int | None = None
@@ -330,9 +332,9 @@ class Budget(Directive):
     _positive = field_validator("epochs", "steps", "batch", "patience")(classmethod(_at_least_one))
 
 
-@directive("seed", "search")
+@directive("seed", ("search", "train"))
 class Seed(Directive):
-    """`seed(0)`: seeds the strategy and every candidate's training."""
+    """`seed(0)`: seeds the strategy and every candidate's training (a `train` plan: the run)."""
 
     value: int
 
@@ -470,6 +472,105 @@ class CompressBudget(Directive):
     def _non_negative(cls, v):
         if v < 0:
             raise ValueError("must not be negative")
+        return v
+
+
+# -- train plans (`archc train`: archc.runtime.objectives, archc.runtime.ensemble) ----------
+# They also take data, budget and seed (above) and precision, optimizer, accumulate, checkpoint.
+
+
+@directive("augment", "train")
+class Augment(Directive):
+    """`augment(pretext="rotate")`: how the data pipeline makes the inputs a model declares
+    beyond the data's own (docs/language.md): views `view1`, `view2`... are random affine maps
+    (rotation ±`rotate` degrees, `scale` range, ±`shift` pixels), intensity `jitter`, a cut-out
+    square of `erase` pixels with probability `erase_p` and Gaussian `noise`; `pretext`
+    "rotate" (RotNet) or "jigsaw" (`grid` x `grid` tiles) supplies `view`, `tiles`, `pretext`."""
+
+    pretext: Literal["none", "rotate", "jigsaw"] = "none"
+    rotate: float = 15.0
+    scale: tuple[float, float] = (0.8, 1.1)
+    shift: float = 1.0
+    jitter: float = 0.3
+    erase: int = 3
+    erase_p: float = 0.5
+    noise: float = 0.05
+    grid: int = 2
+
+    @field_validator("rotate", "shift", "jitter", "noise", "erase")
+    @classmethod
+    def _non_negative(cls, v):
+        if v < 0:
+            raise ValueError("must not be negative")
+        return v
+
+    @field_validator("erase_p")
+    @classmethod
+    def _probability(cls, v):
+        if not 0 <= v <= 1:
+            raise ValueError("must be in [0, 1]")
+        return v
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v):
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("must be a range (low, high) of positive numbers")
+        return v
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v):
+        if v not in (2,):
+            raise ValueError("the jigsaw grid is 2 (24 permutations of 2 x 2 tiles)")
+        return v
+
+
+@directive("evaluate", "train")
+class Evaluate(Directive):
+    """`evaluate(every=50, monitor="loss", mode="min")`: evaluate on the validation split every
+    `every` optimizer steps (default: after every epoch); `monitor` is the metric early
+    stopping (`budget(patience=...)`) and the best checkpoint follow (default: "loss", minimized,
+    for a model with a `loss` output; "accuracy", maximized, for a classifier)."""
+
+    every: int | None = None
+    monitor: str | None = None
+    mode: Literal["min", "max"] | None = None
+
+    _positive = field_validator("every")(classmethod(_at_least_one))
+
+
+@directive("save", "train")
+class Save(Directive):
+    """`save("runs/simclr.ckpt", weights="runs/simclr.safetensors")`: where `archc train` writes
+    its resumable checkpoint (after every epoch; `--resume` continues from it) and the final
+    weights (safetensors, keyed by module path). Defaults: SPEC_DIR/STEM.PLAN.ckpt and
+    SPEC_DIR/STEM.PLAN.safetensors."""
+
+    path: str | None = None
+    weights: str | None = None
+
+
+@directive("members", "train")
+class Members(Directive):
+    """`members("bagging")`: how the members of the model's `ensemble` train (archc.runtime.ensemble):
+    "independent" (each on the whole training split), "bagging" (each on its own bootstrap
+    resample) or "boosting" (SAMME, members in sequence on reweighted examples; `shrinkage`
+    scales their weights). With `ensemble(..., mode="stack")` the meta-learner then trains for
+    `meta_epochs` at `meta_lr` on the members' predictions for the validation split."""
+
+    method: Literal["independent", "bagging", "boosting"] = "independent"
+    shrinkage: float = 1.0
+    meta_epochs: int = 100
+    meta_lr: float = 1e-2
+
+    _positive = field_validator("meta_epochs")(classmethod(_at_least_one))
+
+    @field_validator("shrinkage", "meta_lr")
+    @classmethod
+    def _positive_float(cls, v):
+        if v <= 0:
+            raise ValueError("must be positive")
         return v
 
 

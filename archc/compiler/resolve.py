@@ -112,7 +112,8 @@ def _import(prog: Program, imp: A.Import, base: Path, stack: list[str], errors: 
             return
     else:
         roots = allowed_roots(base)
-        candidates = [base / imp.target] + [r / imp.target for r in roots[1:] if not Path(imp.target).is_absolute()]
+        search = [r for r in roots[1:] if r != SPECS_DIR.resolve()]  # ARCHC_PATH; std is `import std.NAME`
+        candidates = [base / imp.target] + [r / imp.target for r in search if not Path(imp.target).is_absolute()]
         found = [c for c in candidates if c.is_file()]
         if not found:
             errors.append(Diagnostic("E0101", f"cannot find `{imp.target}`", imp.span,

@@ -112,12 +112,13 @@ def _flatten(name: str, t: torch.Tensor, out: dict, schemes: dict, scheme: str =
     if t.is_quantized:
         out[f"{name}.int"] = t.int_repr()
         schemes[f"{name}.int"] = str(t.qscheme())
+        zp_dtype = torch.uint8 if t.dtype == torch.quint8 else torch.int8 if t.dtype == torch.qint8 else torch.int32
         if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
             out[f"{name}.scale"] = t.q_per_channel_scales().float()
-            out[f"{name}.zero_point"] = t.q_per_channel_zero_points()
+            out[f"{name}.zero_point"] = t.q_per_channel_zero_points().to(zp_dtype)
         else:
             out[f"{name}.scale"] = torch.tensor([t.q_scale()], dtype=torch.float32)
-            out[f"{name}.zero_point"] = torch.tensor([t.q_zero_point()], dtype=torch.int64)
+            out[f"{name}.zero_point"] = torch.tensor([t.q_zero_point()], dtype=zp_dtype)
         return
     out[name] = t.detach()
     if scheme:

@@ -76,6 +76,8 @@ def _pattern(values: dict[str, float], default) -> dict:
             continue
         parts = n.split(".")
         for k in range(1, len(parts) + 1):
+            if parts[-k].isdigit():  # never a suffix that starts at a layer number
+                continue
             suffix = ".".join(parts[-k:])
             group = [m for m in values if m == suffix or m.endswith("." + suffix)]
             if all(values[m] == v for m in group):
@@ -215,7 +217,8 @@ def load_peft(model, directory, adapter: str = "default", *, family: str | None 
 
     config, layers = read_peft(directory, family=family, from_hf=from_hf)
     rslora = bool(config.get("use_rslora"))
-    for path, entry in layers.items():
+    modules = {}
+    for path in layers:
         try:
             m = model.get_submodule(path)
         except AttributeError:
@@ -223,6 +226,9 @@ def load_peft(model, directory, adapter: str = "default", *, family: str | None 
         if not isinstance(m, LoRALayer) or adapter not in m.r:
             raise ValueError(f"`{path}` has no adapter {adapter!r}: build the model with\n"
                              + lora_plan(directory, family=family, from_hf=from_hf, name=adapter))
+        modules[path] = m
+    for path, entry in layers.items():
+        m = modules[path]
         with torch.no_grad():
             for part, t in entry["tensors"].items():
                 if part.endswith(".weight"):

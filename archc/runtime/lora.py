@@ -457,7 +457,7 @@ def adapt(base: nn.Module, name: str, r: int, alpha: float = 8, dropout: float =
     parameter objects. `merged=True` merges the adapter at once (a plan's `merge`)."""
     if isinstance(base, LoRALayer):
         layer = base
-    elif isinstance(base, nn.Embedding):
+    elif type(base) is nn.Embedding:  # not a subclass with its own forward (archc's learned_pe)
         layer = LoRAEmbedding.wrap(base)
     elif isinstance(base, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         layer = LoRAConv.wrap(base)

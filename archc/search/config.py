@@ -374,7 +374,9 @@ def memory_bytes(graph, params: int, plan=None, dims: dict[str, int] | None = No
         return params * 4, "parameter bytes"
     try:
         rep = estimate_memory(graph, plan, dims=dims, training=True, solve=False)
-    except CompileError:
+    except CompileError as e:
+        if e.diagnostics and e.diagnostics[0].code == "E0213":  # a size it needs is not bound
+            return None, e.diagnostics[0].message
         raise
     except Exception as e:  # never let an estimate stop a search: say what was measured instead
         return params * 4, f"parameter bytes (the memory estimate failed: {type(e).__name__}: {e})"
@@ -400,6 +402,9 @@ def graph_metrics(graph, dims: dict[str, int] | None = None, *, plan=None, batch
     out["flops"], out["flops_why"] = _bind(cost.flops, dims)
     mem_dims = {"B": batch, **dims}
     mem, what = memory_bytes(graph, cost.params, plan, mem_dims)
-    out["memory"], out["memory_why"] = _bind(mem, mem_dims)
-    out["memory_kind"] = what
+    if mem is None:
+        out["memory"], out["memory_why"] = None, what
+    else:
+        out["memory"], out["memory_why"] = _bind(mem, mem_dims)
+        out["memory_kind"] = what
     return out

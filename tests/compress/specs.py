@@ -92,3 +92,37 @@ model Flat() {
 ALL = {"residual add": RESIDUAL, "concat": CONCAT, "split": SPLIT, "chunk": CHUNK,
        "channel shuffle": SHUFFLE, "depthwise conv": DEPTHWISE, "grouped conv": GROUPED,
        "attention heads": HEADS, "linear after flatten": FLATTEN}
+
+ATTENTION_MHA = """
+model Tiny() {
+    input x: float32[B, 6, 4]
+    h = x -> embed: linear(16)
+    h = (h -> attn: mha(4)) + h
+    h = h -> up: linear(32) -> relu -> down: linear(16)
+    output logits = h -> mean(1) -> fc: linear(3)
+}
+"""
+
+TIED = """
+model Lm() {
+    input ids: int64[B, 5]
+    h = ids -> wte: embedding(50, 16)
+    h = h -> mlp: linear(16) -> relu
+    output logits = h -> lm_head: linear(50, tie=wte, bias=false)
+}
+"""
+
+MLP = """
+model Mlp() {
+    input x: float32[B, 64]
+    output logits = x -> l1: linear(256) -> relu -> l2: linear(256) -> relu -> head: linear(10, transposed=true)
+}
+"""
+
+LSTM = """
+model Rnn() {
+    input x: float32[B, 7, 32]
+    out, state = x -> rnn: lstm(128)
+    output logits = out -> mean(1) -> head: linear(5)
+}
+"""

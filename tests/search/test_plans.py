@@ -207,3 +207,11 @@ def test_check_does_not_import_torch_or_optuna(tmp_path):
             "bad = [m for m in ('torch', 'optuna', 'sqlalchemy') if m in sys.modules]; assert not bad, bad") % str(spec)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_memory_that_cannot_be_estimated(tmp_path, capsys):
+    spec = write_spec(tmp_path, 'search Bad for Seq() {\n    strategy("tpe", trials=2)\n'
+                                '    objective("memory", "min")\n}\n', model=SEQ)
+    diags = _errors(capsys, "check", str(spec))
+    assert diags[0]["code"] == "E0522" and "`memory` cannot be evaluated" in diags[0]["message"]
+    assert "`T`" in diags[0]["message"] and diags[0]["line"] == _line_of(spec, "memory")

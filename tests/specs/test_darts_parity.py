@@ -83,7 +83,10 @@ def test_darts_search_supernet(darts):
 def test_darts_search_space_size(darts):
     space = darts.space("DartsSearch")
     assert space.size == 1_076_746_950_455_072_400
-    assert len(space.decisions) == 2 * 4 * 3  # per group and node: its inputs and two edge ops
+    # per group and node j: which 2 of its j + 2 inputs it keeps, and an op for each possible edge
+    assert len(space.decisions) == 2 * sum(1 + (j + 2) for j in range(4))
+    # = prod over nodes of C(j + 2, 2) * 7^2, squared for the two groups
+    assert space.size == (1 * 3 * 6 * 10 * 7 ** 8) ** 2
 
 
 @pytest.mark.parametrize("model,args,params", [

@@ -354,6 +354,7 @@ def _nn_transformer(**kw):
     return ref
 
 
+@pytest.mark.slow
 def test_transformer_matches_torch():
     prog = program("transformer")
     ref = _nn_transformer()
@@ -396,7 +397,8 @@ def test_hybrid_builds_and_runs():
         y = net(torch.randn(2, 3, 64, 64))
     assert y.shape == (2, 10) and torch.isfinite(y).all()
     keys = list(net.state_dict())
-    assert "layer2.1.transformer.0.attn.qkv.weight" in keys and "layer4.1.fusion.conv.weight" in keys
+    assert "layer2.1.transformer.0.attn.qkv.weight" in keys and "layer2.1.transformer.0.attn.proj.bias" in keys
+    assert "layer4.1.conv_fusion.conv.weight" in keys and "layer3.1.conv_1x1.weight" in keys
 
 
 # -- diagnostics -------------------------------------------------------------------------

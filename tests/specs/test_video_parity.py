@@ -103,7 +103,7 @@ def test_torchvision_layout_and_defaults():
 
 
 @pytest.mark.parametrize("model,kwargs,inputs,outputs", [
-    ("C3D", dict(size=32), [(2, 3, 16, 32, 32)], [(2, 487)]),
+    pytest.param("C3D", dict(size=32), [(2, 3, 16, 32, 32)], [(2, 487)], marks=pytest.mark.slow),
     pytest.param("I3D", dict(frames=4, size=32, classes=10), [(2, 3, 4, 32, 32)], [(2, 10)],
                  marks=pytest.mark.slow),
     pytest.param("TwoStream", dict(size=32, flow_frames=5), [(2, 3, 32, 32), (2, 10, 32, 32)], [(2, 101)] * 3,
@@ -185,12 +185,17 @@ def test_two_stream_costs_and_rendering():
     assert "cluster_stream" not in render(program().graph("C3D")).source  # one input: no stream clusters
 
 
-def test_two_stream_build_summary(capsys):
+def test_build_summary_per_stream(capsys):
     import archc.cli
 
-    assert archc.cli.main(["build", str(SPECS / "video.arch"), "--model", "TwoStream", "--set", "size=32"]) == 0
-    out = capsys.readouterr().out
-    assert "per input stream: rgb" in " ".join(out.split())
+    argv = ["build", str(SPECS / "rnn.arch"), "--model", "Seq2Seq", "--dim", "B=2", "--dim", "S=5", "--dim", "T=4"]
+    for k, v in dict(src_vocab=30, tgt_vocab=40, dim=8, hidden=16).items():
+        argv += ["--set", f"{k}={v}"]
+    assert archc.cli.main(argv) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "per input stream: src " in out and "; tgt " in out and "src+tgt (fusion)" in out
+    assert archc.cli.main(argv[:3] + ["TextClassifier", "--dim", "B=2", "--dim", "T=4", "--set", "vocab=30"]) == 0
+    assert "per input stream" not in capsys.readouterr().out  # one input: no line
 
 
 @pytest.mark.slow

@@ -7,3 +7,4 @@ from . import attention, position  # noqa: F401
 from . import search  # noqa: F401
 from . import recurrent  # noqa: F401
 from . import lora  # noqa: F401  (adapters inserted by finetune plans)
+from . import objectives, stochastic  # noqa: F401  (losses, ensembles, masking, EMA targets)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..diagnostics import CompileError
 from ..ir import Graph
 from ..plans import Plan, PlanDirective
 
@@ -29,11 +30,17 @@ def apply_plan(graph: Graph, plan: Plan) -> Graph:
     for d in plan.directives:
         fn = PLAN_PASSES.get(d.name)
         if fn is not None:
+            # What the directive selects, for `archc check --plan`; a pass may record it itself
+            # (and reports a selector that matches nothing with its own diagnostic).
+            seen = None
+            if isinstance(getattr(d.args, "on", None), str):
+                try:
+                    seen = select(graph, d.args.on, getattr(d.args, "exclude", None)).modules
+                except CompileError:
+                    pass
             d.matched = None
             graph = fn(graph, d, plan)
-            if d.matched is None and isinstance(getattr(d.args, "on", None), str):
-                # what the directive selected, for `archc check --plan` (passes may record it themselves)
-                d.matched = select(graph, d.args.on, getattr(d.args, "exclude", None), span=d.at("on"),
-                                   what=f"{d.name} selector").modules
+            if d.matched is None:
+                d.matched = seen
     graph.plan = plan
     return graph

@@ -402,7 +402,7 @@ def fit(model: nn.Module, train: Iterable, val: Iterable | None = None, config: 
     for cb in callbacks:
         cb.on_fit_start(state)
     try:
-        epoch = 0
+        epoch = state.epoch  # 0, or the epoch a callback's on_fit_start resumed at (archc train --resume)
         while not state.stop and (config.epochs is None or epoch < config.epochs) and \
                 (config.steps is None or state.step < config.steps):
             state.epoch = epoch
