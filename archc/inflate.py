@@ -119,17 +119,17 @@ def inflate_state_dict(sd2d: Mapping[str, Any], t: int = 3, *, like: Any = None)
 
     The length is `t` for kernels larger than 1x1 and 1 for 1x1 kernels (inflate's
     default), or, with `like` (a 3-D state dict or module), the time axis of the same key
-    there; keys and shapes must then agree (ValueError otherwise)."""
+    there; every key must then be in `like` with the same shape but for time (ValueError
+    otherwise). Keys of `like` left out (a new head) keep their initialisation: load the
+    result with strict=False."""
     import torch
 
     if like is not None and hasattr(like, "state_dict"):
         like = like.state_dict()
     if like is not None:
         missing = [k for k in sd2d if k not in like]
-        extra = [k for k in like if k not in sd2d]
-        if missing or extra:
-            raise ValueError(f"inflate_state_dict: keys differ: not in `like`: {missing[:5]}, only in `like`: "
-                             f"{extra[:5]}")
+        if missing:
+            raise ValueError(f"inflate_state_dict: keys not in the 3-D model (`like`): {missing[:5]}")
     out = {}
     for k, v in sd2d.items():
         if isinstance(v, torch.Tensor) and v.dim() == 4:

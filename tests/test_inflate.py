@@ -148,8 +148,10 @@ def test_inflate_state_dict():
     torch.testing.assert_close(archc.inflate_state_dict(sd, like=like)["a.weight"].sum(2), sd["a.weight"])
     with pytest.raises(ValueError):
         archc.inflate_state_dict(sd, like={**like, "a.weight": torch.zeros(4, 3, 5, 5, 5)})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError):  # a key the 3-D model lacks
         archc.inflate_state_dict(sd, like={k: v for k, v in like.items() if k != "fc.weight"})
+    part = archc.inflate_state_dict({k: v for k, v in sd.items() if k != "fc.weight"}, like=like)
+    assert "fc.weight" not in part  # a new head: left to its initialisation
 
 
 # Feature maps compared, and how many 3-frame convolutions lie on the longest path to
@@ -208,3 +210,23 @@ def test_identical_frames_give_the_2d_features(time_kernel):
     if time_kernel == 1:
         _, logits2 = _features(net2, x)
         torch.testing.assert_close(logits3, logits2, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_i3d_starts_from_torchvision_resnet50():
+    """video.arch's I3D takes torchvision's ResNet-50 weights inflated, its head left out."""
+    torchvision = pytest.importorskip("torchvision")
+    from torch.nn import init
+
+    saved = init.kaiming_normal_
+    init.kaiming_normal_ = lambda t, *a, **kw: t.detach().normal_(0, 0.01)  # torchvision's is slow on a small CPU
+    try:
+        ref = torchvision.models.resnet50(weights=None)
+    finally:
+        init.kaiming_normal_ = saved
+    i3d = archc.load(SPECS / "video.arch").build("I3D", frames=4, size=32, classes=7).eval()
+    sd = {k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")}
+    missing, unexpected = i3d.load_state_dict(archc.inflate_state_dict(sd, like=i3d), strict=False)
+    assert missing == ["fc.weight", "fc.bias"] and not unexpected
+    torch.testing.assert_close(i3d.conv1.weight.sum(2), ref.conv1.weight)
+    assert i3d(torch.randn(1, 3, 4, 32, 32)).shape == (1, 7)

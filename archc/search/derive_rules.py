@@ -304,10 +304,12 @@ def derive(program, model: str | None, alphas: Mapping[str, Any], rule: str | Ru
         columns[group] = geno
         genotypes[group] = [[(lay.ops[k], i) for i, k in node] for node in geno]
         decisions.update(to_decisions(lay, geno))
-    for table, t in tables.items():  # relaxed op choices: argmax
-        if table in used or len(t) != 1:
-            continue
-        decisions[table] = _best(t[0], list(range(len(t[0]))))
+    choices = [t for t in tables if t not in used and len(tables[t]) == 1]
+    if choices:  # relaxed op choices outside cells: their argmax, under their label
+        labels = {ident(lbl): lbl for lbl in program.graph(model, args=args, dims=dims, strict=False).decisions}
+        for table in choices:
+            t = tables[table][0]
+            decisions[labels.get(table, table)] = _best(t, list(range(len(t))))
     return Derived(name, decisions, genotypes, columns, layouts)
 
 

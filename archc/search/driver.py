@@ -283,7 +283,7 @@ class Search:
         """Under the lock: a new trial, "done", or "wait" (others run the missing trials)."""
         cfg = self.cfg
         with self.lock:
-            reap_dead_trials(self.study)
+            reap_dead_trials(self.study, orphans=self.lock.exact)
             counts = self._counts()
             complete, running = counts.get("COMPLETE", 0), counts.get("RUNNING", 0)
             exhausted = isinstance(self.sampler, GridArchSampler) and self.sampler.exhausted(self.study)

@@ -124,16 +124,23 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def reap_dead_trials(study: optuna.Study) -> int:
-    """Fail running trials of this machine whose worker process is gone; returns how many."""
+def reap_dead_trials(study: optuna.Study, orphans: bool = False) -> int:
+    """Fail running trials of this machine whose worker process is gone; returns how many.
+
+    With `orphans` (only under the study's lock, where no claim is half done), also
+    fail running trials that name no worker: their worker died while claiming them."""
     host, boot, _ = worker_id().split("|")
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        w = t.system_attrs.get(WORKER_ATTR, "")
-        parts = w.split("|")
-        if len(parts) != 3 or parts[0] != host or parts[1] != boot:
+        w = t.system_attrs.get(WORKER_ATTR)
+        parts = (w or "").split("|")
+        if w is None and orphans:
+            dead = True
+        elif len(parts) != 3 or parts[0] != host or parts[1] != boot:
             continue
-        if not _alive(int(parts[2])):
+        else:
+            dead = not _alive(int(parts[2]))
+        if dead:
             try:
                 study._storage.set_trial_user_attr(t._trial_id, "archc.failed", "its worker process died")
                 study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

@@ -118,3 +118,24 @@ def test_two_workers_share_a_sqlite_study(tmp_path):
 @pytest.mark.slow
 def test_two_workers_share_a_postgresql_study(tmp_path, postgres_url):
     _two_workers(tmp_path, postgres_url, strategy="tpe")
+
+
+def test_trials_left_running_by_dead_workers_are_failed_and_replaced(tmp_path):
+    """A worker killed mid-trial (a pid that is gone) or mid-claim (no worker recorded yet)."""
+    import socket
+
+    from archc.search.storage import WORKER_ATTR, _boot_id
+
+    from .conftest import run_cli
+
+    spec = write_spec(tmp_path, 'search R for Tiny() {\n    strategy("random", trials=2)\n    FAST\n}\n')
+    assert run_cli(str(spec), "--plan", "R", "--trials", "1", "--quiet", "--threads", "1") == 0
+    study = study_of(spec, "R")
+    killed = study.ask()  # as a worker that died while training
+    study._storage.set_trial_system_attr(killed._trial_id, WORKER_ATTR,
+                                         f"{socket.gethostname()}|{_boot_id()}|{2**22 + 4321}")
+    study.ask()  # as a worker that died between creating the trial and recording itself
+    assert run_cli(str(spec), "--plan", "R", "--trials", "3", "--quiet", "--threads", "1") == 0
+    assert states(study) == {"COMPLETE": 3, "FAIL": 2}
+    assert all(t.user_attrs["archc.failed"] == "its worker process died" for t in study.trials
+               if t.state.name == "FAIL")
