@@ -110,7 +110,7 @@ def _op_name(cand: str) -> str:
     m = re.fullmatch(r"(\w+)\((.*)\)", cand)
     if m and all(re.fullmatch(r"\s*\w+\s*=.*", part) for part in m.group(2).split(",")):
         return m.group(1)
-    return "skip" if cand == "identity" else cand
+    return cand
 
 
 def cell_layouts(program, model: str | None = None, *, args: dict | None = None, dims: dict | None = None,

@@ -74,7 +74,7 @@ def reference_darts_genotype(alpha_rows, steps: int = 4, keep: int = 2):
     return gene
 
 
-def reference_nb201_arch(alpha_rows, ops=("zero", "skip", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")):
+def reference_nb201_arch(alpha_rows, ops=("zero", "identity", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")):
     """NAS-Bench-201's rule: the argmax of every edge, zero allowed."""
     out, row = [], 0
     for node in range(1, 4):
@@ -100,7 +100,7 @@ def test_nb201_rule_matches_argmax(nb201, nb201_layouts):
         got = derive(nb201, "NB201Search", alphas, "nb201", layouts=nb201_layouts)
         assert got.genotypes["cell"] == reference_nb201_arch(alphas["cell"])
         assert got.decisions == {f"cell.node{j}.edge{i}": [k for k in range(5) if
-                                                           ["zero", "skip", "nor_conv_1x1", "nor_conv_3x3",
+                                                           ["zero", "identity", "nor_conv_1x1", "nor_conv_3x3",
                                                             "avg_pool_3x3"][k] == op][0]
                                  for j, node in enumerate(got.genotypes["cell"]) for op, i in node}
 
