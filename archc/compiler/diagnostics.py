@@ -90,6 +90,12 @@ CODES: dict[str, str] = {
     "E0803": "teacher and student outputs differ",
     "E0804": "plan data missing",
     "E0805": "invalid compression setting",
+    # objectives, self-supervision, ensembles (ops/objectives.py, ops/stochastic.py, archc train)
+    "E1101": "loss input of the wrong rank",
+    "E1102": "loss inputs do not agree",
+    "E1103": "EMA target differs from its source",
+    "E1104": "ensemble members differ",
+    "E1105": "model input the data cannot supply",
     # limits and command line
     "E0401": "too large",
     "E0402": "recursion too deep",

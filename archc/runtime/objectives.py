@@ -278,13 +278,20 @@ def jigsaw(x: torch.Tensor, grid: int, generator: torch.Generator | None = None)
     if h % grid or w % grid:
         raise ValueError(f"a {grid} x {grid} jigsaw needs sizes divisible by {grid}, got {h} x {w}")
     th, tw = h // grid, w // grid
-    tiles = x.reshape(b, c, grid, th, grid, tw).permute(0, 2, 4, 1, 3, 5).reshape(b, grid * grid, c, th, tw)
+    tiles = tiles_in_order(x, grid)
     perms = torch.tensor(permutations(grid))
     idx = torch.randint(0, len(perms), (b,), generator=generator)
     order = perms[idx]  # tile j of the output is tile order[j] of the image
     shuffled = tiles[torch.arange(b).unsqueeze(1), order]
     image = shuffled.reshape(b, grid, grid, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
     return shuffled, image, idx
+
+
+def tiles_in_order(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """The image's grid x grid tiles in reading order: [B, grid², C, h, w]."""
+    b, c, h, w = x.shape
+    th, tw = h // grid, w // grid
+    return x.reshape(b, c, grid, th, grid, tw).permute(0, 2, 4, 1, 3, 5).reshape(b, grid * grid, c, th, tw)
 
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -620,9 +627,12 @@ def features(model: nn.Module, loader, inputs: Sequence[InputSpec], output: str 
         x, y = batch[0], batch[-1]
         made = feed.make(x, y, gen)
         made.pop("target", None)
-        for spec in inputs:
-            if input_role(spec.name) == "view" and not (spec.name == "view" and aug.pretext != "none"):
+        for spec in inputs:  # the clean image everywhere: no view, rotation or shuffle
+            role = input_role(spec.name)
+            if role == "view":
                 made[spec.name] = x
+            elif role == "tiles":
+                made[spec.name] = tiles_in_order(x, round(spec.shape[1] ** 0.5) if spec.shape[1] else aug.grid)
         outs = as_dict(model, model(**{k: v.to(device) for k, v in made.items()}))
         feats.append(outs[output].float().reshape(x.shape[0], -1).cpu())
         labels.append(y)

@@ -120,6 +120,7 @@ def test_two_workers_share_a_postgresql_study(tmp_path, postgres_url):
     _two_workers(tmp_path, postgres_url, strategy="tpe")
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_trials_left_running_by_dead_workers_are_failed_and_replaced(tmp_path):
     """A worker killed mid-trial (a pid that is gone) or mid-claim (no worker recorded yet)."""
     import socket

@@ -23,7 +23,8 @@ ROOT = Path(archc.__file__).resolve().parent.parent
 SPECS = Path(archc.__file__).resolve().parent / "specs"
 SPEC_FILES = sorted(SPECS.glob("*.arch"))
 # Models too big to build and run at their declared 224x224 in well under 5 s on a CPU.
-BIG = {"ResNet50", "ResNet101", "ResNet152", "VGG11", "VGG16", "VGG16BN"}
+BIG = {"ResNet101", "ResNet152", "VGG16", "VGG16BN"}
+RUN_FLOPS = 20e9  # forward passes above this (at B=2) only build in this file; parity tests run them small
 
 
 def _models():
@@ -91,6 +92,9 @@ def test_builds_and_runs(path, model):
     torch.manual_seed(0)
     net = prog.build(model, dims=dims, **decide).eval()
     assert sum(p.numel() for p in net.parameters()) == prog.check(model, dims=dims, **decide).params
+    report = prog.check(model, dims=dims, **decide)
+    if report.flops > RUN_FLOPS:  # the forward of a big default input is left to the parity tests (small inputs)
+        return
     xs = [torch.randn(*t.shape, dtype=getattr(torch, t.dtype)) if t.dtype.startswith(("float", "bfloat"))
           else torch.randint(0, 2, t.shape, dtype=getattr(torch, t.dtype)) for t in ins]
     with torch.no_grad():

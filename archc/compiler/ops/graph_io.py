@@ -21,6 +21,9 @@ class Input(Op):
     def lower(self, a, ins, outs):
         return Code(a.name)
 
+    def saved(self, a, ins, outs, ctx):
+        return []
+
 
 @register
 class Output(Op):
@@ -33,3 +36,6 @@ class Output(Op):
 
     def lower(self, a, ins, outs):
         return Code("{0}")
+
+    def saved(self, a, ins, outs, ctx):
+        return []

@@ -139,6 +139,17 @@ class CrossEntropy(Op):
             return Code(f"(F.cross_entropy({flat}, {target}{kw}, reduction='sum') / {{0}}.shape[0])")
         return Code(f"F.cross_entropy({flat}, {target}{kw}{_reduction_note(a.reduction)})")
 
+    def saved(self, a, ins, outs, ctx):
+        if not ctx.any_grad:
+            return []
+        # log_softmax keeps its output; nll_loss keeps the labels and a 4-byte total weight
+        # (with class probabilities, the product with them keeps both)
+        out = [Saved.new(ctx.in_bytes(0), "log_softmax output"), Saved.input(1, "labels")]
+        return out if is_float(ins[1].dtype) else out + [Saved.new(4, "total weight")]
+
+    def footprint(self, a, ins, outs, ctx):
+        return Footprint(bwd_peak=ctx.in_bytes(0))  # nll_loss's gradient, then log_softmax's
+
 
 class PairAttrs(Attrs):
     reduction: Reduction = "mean"
@@ -179,6 +190,9 @@ class MSE(Op):
             return Code("(F.mse_loss({0}, {1}, reduction='sum') / {0}.shape[0])")
         return Code("F.mse_loss({0}, {1}" + _reduction_note(a.reduction) + ")")
 
+    def saved(self, a, ins, outs, ctx):
+        return [Saved.input(i) for i in range(len(ins))] if ctx.any_grad else []  # both sides of the difference
+
 
 @register
 class BCEWithLogits(Op):
@@ -203,6 +217,9 @@ class BCEWithLogits(Op):
         if a.reduction == "batchmean":
             return Code("(F.binary_cross_entropy_with_logits({0}, {1}, reduction='sum') / {0}.shape[0])")
         return Code("F.binary_cross_entropy_with_logits({0}, {1}" + _reduction_note(a.reduction) + ")")
+
+    def saved(self, a, ins, outs, ctx):
+        return [Saved.input(0), Saved.input(1)] if ctx.any_grad else []
 
 
 class GanLossAttrs(Attrs):

@@ -111,3 +111,10 @@ class WeightedSum(Op):
     def lower(self, a, ins, outs):
         edges = ", ".join(f"{{{i}}}" for i in range(1, len(ins)))
         return Code(f"rt.weighted_sum({{0}}[{a.start}:{a.start + len(ins) - 1}, 0], [{edges}])")
+
+    def saved(self, a, ins, outs, ctx):
+        # w_k * x_k keeps x_k (for w's gradient) and w (for x_k's)
+        return [Saved.input(i) for i in range(1, len(ins))] if ctx.any_grad else []
+
+    def footprint(self, a, ins, outs, ctx):
+        return Footprint(fwd_peak=ctx.out_bytes(0), bwd_peak=ctx.out_bytes(0))  # one product at a time

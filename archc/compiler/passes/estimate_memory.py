@@ -28,14 +28,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from ..devices import AUTOCAST_LOW, DEVICES, Device, lookup, parse_bytes, suggest, with_overrides
 from ..diagnostics import CompileError, Diagnostic, Span
 from ..dims import Sym
 from ..ir import Graph, Node, TensorType
 from ..ops import REGISTRY
-from ..ops.base import Footprint, MemoryContext, Saved, contiguous_strides, dtype_bytes, is_float
+from ..ops.base import Footprint, MemoryContext, Op, Saved, contiguous_strides, dtype_bytes, is_float
 
 LOW = {"fp16": "float16", "bf16": "bfloat16", "fp16-mixed": "float16", "bf16-mixed": "bfloat16"}
 CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "master", "inputs", "saved", "activations",
@@ -440,8 +439,8 @@ class _Model:
         g = self.g
         self.out_values = [self.ins[o][0] for o in g.outputs]
         first = self.out_values[0] if self.out_values else None
-        names = [g.node(o).path for o in g.outputs]
-        self.model_loss = bool(first is not None and names and names[0] == "loss" and first.type.rank == 0)
+        # a model whose first output is a scalar computes its own loss (an objective op)
+        self.model_loss = bool(first is not None and first.type.rank == 0 and is_float(first.type.dtype))
 
     # -- per-dims preparation ---------------------------------------------------------------------
     def _concrete(self, dims: dict[str, int]) -> dict:
@@ -536,6 +535,8 @@ class _Model:
                 pinfo = {name: (self.param_shape[key], wdt) for name, key in keys.items()}
                 ctx = MemoryContext(s.device, op_in, outs, in_rg, weights_grad, training, op_st, inplace, pinfo)
                 op = REGISTRY[op_name]
+                if type(op).saved is Op.saved and training:
+                    self._note(f"`{op_name}` does not say what it keeps for backward: assumed all its inputs")
                 try:
                     fp = op.footprint(n.attrs, op_in, outs, ctx)
                     saved = list(op.saved(n.attrs, op_in, outs, ctx)) if training else []
@@ -1435,7 +1436,7 @@ class _Sim:
         out = []
         if s.training:
             if m.model_loss:
-                out.append("the model outputs its loss; no loss is added")
+                out.append("the model's first output is a scalar: its loss; none is added")
             else:
                 out.append("loss: cross-entropy of the first output (flattened to [N, classes]) against int64 "
                            "targets, computed inside autocast when there is one")
