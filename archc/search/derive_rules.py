@@ -369,8 +369,9 @@ def derive_arch(program, model: str | None, derived: Derived | dict[str, int], *
     calls = _cell_calls(tree)
     if calls and genotypes is None:
         raise ValueError("the space has cells: pass the `Derived` result, not bare decisions")
-    lets = {d.name: d.value for d in tree.decls if isinstance(d, A.Let)}
-    taken = set(lets) | {d.name for d in tree.decls if isinstance(d, A.BlockDecl)}
+    lets = {name: d.value for name, d in source._prog.lets.items()}  # imported ones too
+    lets.update({d.name: d.value for d in tree.decls if isinstance(d, A.Let)})
+    taken = set(lets) | set(source._prog.blocks) | {d.name for d in tree.decls if isinstance(d, A.BlockDecl)}
     new_lets: list = []
     for call in calls:
         kw = {k.name: k for k in call.kwargs}

@@ -202,6 +202,20 @@ def test_derived_darts_file_of_an_importing_spec(tmp_path):
                                                              args={**SMALL, "classes": 7}).params
 
 
+def test_derived_pcdarts_file_builds_the_same_network(tmp_path):
+    prog = archc.load(SPECS / "pcdarts.arch")
+    rng = random.Random(13)
+    alphas = {**_alphas(rng, 14, 8), **_alphas(rng, 14, 1, groups=("normal_beta", "reduce_beta"))}
+    args = {"C": 4, "layers": 3, "size": 8}
+    got = derive(prog, "PCDartsSearch", alphas, "pcdarts", args=args)
+    path = tmp_path / "derived.arch"
+    path.write_text(derive_arch(prog, "PCDartsSearch", got, args=args))
+    written = archc.load(path)
+    assert written.space("PCDartsSearch").size == 1
+    assert written.check("PCDartsSearch").params == prog.check("PCDartsSearch", decisions=got.decisions,
+                                                               args=args).params
+
+
 def test_derived_nb201_file_builds_the_same_network(nb201, nb201_layouts, tmp_path):
     rng = random.Random(12)
     for _ in range(3):

@@ -51,6 +51,12 @@ class _Runtime:
     def __repr__(self) -> str:
         return f"{self.__module__}.{self.__qualname__}"
 
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Runtime) and repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
 
 def runtime(qualname: str, module: str = "archc.runtime.objectives") -> _Runtime:
     return _Runtime(module, qualname)
@@ -117,7 +123,8 @@ class CrossEntropy(Op):
                              f"classes, last), got logits {logits} for labels {labels}",
                              label=f"logits {logits} (rank {logits.rank}), labels {labels} (rank {labels.rank})",
                              help=f"for labels {labels} the logits are [{', '.join(map(str, labels.shape))}"
-                             f"{', ' if labels.rank else ''}C]")
+                             f"{', ' if labels.rank else ''}C]" + (": pool or flatten the extra axes"
+                                                                  if logits.rank > labels.rank + 1 else ""))
         if logits.shape[:-1] != labels.shape:
             raise ShapeError("E1102", f"cross_entropy: logits {logits} do not match labels {labels}",
                              label=f"logits {logits}, labels {labels}",
