@@ -665,7 +665,7 @@ def cmd_compress(args) -> int:
         rows.append(("nonzero", [f"{s.nonzero:,}" for s in result.stages]))
     rows += [("FLOPs (1 example)", [fmt_flops(s.flops) for s in result.stages]),
              ("bytes on disk", [_bytes(s.bytes) for s in result.stages]),
-             (f"CPU latency (batch {result.batch})", ["-" if s.latency is None else f"{s.latency * 1e3:.3f} ms"
+             (f"CPU latency (1 thread, batch {result.batch})", ["-" if s.latency is None else f"{s.latency * 1e3:.3f} ms"
                                                      for s in result.stages]),
              ("accuracy (test)", ["-" if s.accuracy is None else f"{100 * s.accuracy:.2f}%" for s in result.stages])]
     for name, cells in rows:

@@ -70,7 +70,21 @@ CASES = [
     Case("vgg11", "vgg.arch", "VGG11", {"B": 2}, {"classes": 10}, ("224, 224", "32, 32"), "features"),
     Case("lenet5", "lenet.arch", "LeNet5", {"B": 4}, {}, None, "c3"),
     Case("mlp", "mlp.arch", "MLP", {"B": 8}, {}, None, "layers"),
-    Case("gpt-small", "gpt", "GPT", {"B": 2, "T": 32}, {"layers": 2}, None, "block:Block"),
+    Case("gpt2", "gpt.arch", "GPT2", {"B": 2, "T": 32},
+         {"vocab_size": 512, "n_positions": 64, "n_embd": 64, "n_layer": 2, "n_head": 4}, None, "block:GPT2Block"),
+]
+
+# The other shipped specs, at small sizes (`--extended`): slower, not in the test suite.
+EXTENDED = [
+    Case("gpt-inline", "gpt", "GPT", {"B": 2, "T": 32}, {"layers": 2}, None, "block:Block"),
+    Case("llama", "llama.arch", "Llama", {"B": 2, "T": 32}, {}, None, "block:LlamaDecoderLayer"),
+    Case("bert", "bert.arch", "BERT", {"B": 2, "T": 32}, {"vocab_size": 512, "hidden_size": 64,
+         "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}, None, "block:BertLayer"),
+    Case("transformer", "transformer.arch", "Transformer", {"B": 2, "S": 16, "T": 16},
+         {"d_model": 64, "nhead": 4, "num_encoder_layers": 2, "num_decoder_layers": 2, "dim_feedforward": 128},
+         None, "block:TransformerEncoderLayer"),
+    Case("vit", "vit.arch", "ViT", {"B": 2}, {"image_size": 64, "num_layers": 2}, None, "block:EncoderBlock"),
+    Case("textrnn", "rnn.arch", "TextClassifier", {"B": 4, "T": 16}, {}, None, "op:lstm"),
 ]
 
 
@@ -127,8 +141,8 @@ def batch(case: Case, g):
     for i in g.inputs:
         t = g.node(i).outputs[0]
         shape = tuple(int(d) for d in t.shape)
-        if t.dtype.startswith("int"):
-            inputs.append(torch.randint(0, 10, shape, dtype=getattr(torch, t.dtype)))
+        if t.dtype.startswith("int"):  # token ids (and segment ids): valid for any vocabulary
+            inputs.append(torch.randint(0, 2, shape, dtype=getattr(torch, t.dtype)))
         else:
             inputs.append(torch.randn(shape))
     out = g.in_types(g.outputs[0])[0]
@@ -205,6 +219,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mode", default="all", choices=["fp32", "checkpoint", "bf16", "all"])
     ap.add_argument("--spec", help="only this case (" + ", ".join(c.name for c in CASES) + ")")
+    ap.add_argument("--extended", action="store_true", help="also the other shipped specs (slower)")
     ap.add_argument("--side-by-side", action="store_true",
                     help="ResNet-18 and a 4-layer GPT-2: measured peak vs archc vs torchinfo vs the formulas")
     args = ap.parse_args(argv)
@@ -221,7 +236,7 @@ def main(argv=None) -> int:
     print(f"{'case':10} {'mode':10} {'saved est/meas':>15} {'naive/meas':>11} {'peak est/meas':>14} "
           f"{'torchinfo/meas':>15}  state exact   peak at")
     ok = True
-    for case in CASES:
+    for case in CASES + (EXTENDED if args.extended or args.spec else []):
         if args.spec and case.name != args.spec:
             continue
         for mode in modes:

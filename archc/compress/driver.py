@@ -15,7 +15,7 @@ teacher when the plan distills). The directives then run in the order written:
 
 After each step the network is measured (a column of the table): parameters, FLOPs of
 one example, bytes of its saved weights (the safetensors bytes of its live tensors),
-CPU latency (median forward time at `batch`), accuracy on the held-out `test` split.
+CPU latency (the fastest of 30 forward passes on one thread at `batch`), accuracy on the held-out `test` split.
 The compressed spec (archc.compress.spec) and the weights are written atomically; the
 original spec and weights are never overwritten unless `in_place`.
 """

@@ -44,6 +44,7 @@ class QuantResult:
     schemes: dict[str, str] = field(default_factory=dict)  # tensor name -> how it is stored
     engine: str = ""
     notes: list[str] = field(default_factory=list)
+    dead_bytes: int = 0  # float weights the converted graph still holds but never reads (not counted)
 
 
 @contextlib.contextmanager
@@ -169,7 +170,10 @@ def live_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, s
         if v.is_quantized or v.layout != torch.strided:
             unique[k] = v
             continue
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.dtype) if v.numel() else (k,)
+        try:
+            key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.dtype) if v.numel() else (k,)
+        except (NotImplementedError, RuntimeError):  # opaque: cannot be shared
+            key = (k,)
         if key in seen:
             continue
         seen[key] = k
@@ -425,6 +429,7 @@ def quantize_pt2e(model: nn.Module, graph: Graph, example: tuple[torch.Tensor, .
             else:
                 res.left.append((n.path, n.op, "the quantizer found no int8 pattern for it"))
         res.tensors, res.schemes = live_tensors(converted)
+        res.dead_bytes = dead_float_bytes(converted)
         try:
             low = _lower(converted, tuple(x[:2] for x in example))
             allow_exported_model_train_eval(low)
@@ -442,10 +447,17 @@ def quantize_pt2e(model: nn.Module, graph: Graph, example: tuple[torch.Tensor, .
 def dead_float_bytes(converted: torch.fx.GraphModule) -> int:
     """Bytes of attributes an exported graph holds but never reads (what must not be counted)."""
     live, _ = live_tensors(converted)
-    live_ptrs = {v.untyped_storage().data_ptr() for v in live.values() if v.layout == torch.strided}
+    def ptr(t):
+        try:
+            return t.untyped_storage().data_ptr()
+        except (NotImplementedError, RuntimeError):  # an opaque (packed oneDNN) tensor
+            return None
+
+    live_ptrs = {ptr(v) for v in live.values()}
     dead = 0
     for _, t in list(converted.named_parameters()) + list(converted.named_buffers()):
-        if t.untyped_storage().data_ptr() not in live_ptrs:
+        p = ptr(t)
+        if p is not None and p not in live_ptrs:
             dead += t.numel() * t.element_size()
     return dead
 

@@ -69,10 +69,12 @@ def run_darts(program, cfg: SearchConfig, *, output: str | os.PathLike | None = 
               order: int | None = None, relax: str | None = None, rule: str | None = None,
               arch_lr: float | None = None, checkpoint: str | os.PathLike | None = None, resume: bool = True):
     import torch
+    from torch.utils.data import DataLoader
 
+    from ..cli import write_atomic
     from ..compiler.lower.torch import build_module
     from ..runtime.data import DataError, load_data
-    from ..runtime.train import TrainConfig
+    from ..runtime.train import Callback, TrainConfig
     from ..runtime.train.darts import DartsConfig, darts_search
     from .derive_rules import RULES, cell_layouts, derive, derive_arch
     from .driver import SearchResult
@@ -134,7 +136,6 @@ def run_darts(program, cfg: SearchConfig, *, output: str | os.PathLike | None = 
     dc = DartsConfig(order=order, **({"arch_lr": float(opts["arch_lr"])} if "arch_lr" in opts else {}))
     out_path = Path(output) if output else cfg.spec.parent / f"{cfg.spec.stem}.{cfg.plan}.best.arch"
     ckpt = Path(checkpoint) if checkpoint else out_path.with_name(f"{cfg.spec.stem}.{cfg.plan}.darts.pt")
-    from ..runtime.train import Callback
 
     class _Log(Callback):
         """After each epoch's evaluation: the supernet's accuracy and the genotype so far."""
@@ -148,13 +149,11 @@ def run_darts(program, cfg: SearchConfig, *, output: str | os.PathLike | None = 
             if acc is not None:
                 line += f": supernet validation accuracy {100 * acc:.2f}%"
             console.print(line, highlight=False)
-            console.print("  " + str(darts.genotypes[-1]).replace("\n", "\n  "), highlight=False)
+            console.print("  " + str(darts.genotypes[-1]).replace("\n", "\n  "), highlight=False, soft_wrap=True)
 
     if verbose and ckpt.exists() and resume:
         console.print(f"resuming from {ckpt}", highlight=False)
     # α steps on the validation split in batches of the plan's size, shuffled (evaluation keeps data.val)
-    from torch.utils.data import DataLoader
-
     arch_data = DataLoader(data.val.dataset, batch_size=cfg.batch, shuffle=True,
                            generator=torch.Generator().manual_seed(cfg.seed + 1))
     result = darts_search(net, data.train, arch_data, tc, dc, evaluate_on=data.val, genotype_fn=genotype_of,
@@ -166,8 +165,8 @@ def run_darts(program, cfg: SearchConfig, *, output: str | os.PathLike | None = 
     if acc is None and result.history:
         acc = result.history[-1].get("accuracy")
     metrics = {"supernet_accuracy": acc, "params": params, "epochs": result.epochs, "order": order,
-               "rule": opts["rule"], "search_seconds": round(time.perf_counter() - start, 3)}
-    from ..cli import write_atomic
+               "rule": opts["rule"], "search_seconds": round(time.perf_counter() - start, 3),
+               "history": result.history}
 
     header = [f"# Best candidate of `archc search {cfg.spec.name} --plan {cfg.plan}` (darts, order {order}, "
               f"{result.epochs} epoch{'s' * (result.epochs != 1)}): supernet validation accuracy "

@@ -291,7 +291,10 @@ class MultiHeadAttention(Op):
         core = [Saved.new(q_b, "attention output (input of the output projection)") if c.kind == "output" else c
                 for c in core]
         kernel = ctx.device.attention_kernel(a.dropout, ctx.training) if ctx.device is not None else "fused"
-        if kernel == "fused":
+        if kernel == "fused" and dk != d:  # grouped: the core keeps q and repeated copies of k and v
+            saved_core = proj[:1] + proj[3:] + core
+            fwd += sum(p.bytes for p in proj[1:3])
+        elif kernel == "fused":
             saved_core = proj[:3] + proj[3:] + core  # the core keeps q, k, v themselves
         else:
             saved_core = proj[3:] + core  # the math path keeps scaled copies instead

@@ -134,7 +134,7 @@ class Matmul(Op):
                 continue
             other = ins[1 - i]
             if i == 0 and other.rank <= 2:  # [..., n, k] @ [k, m]: folded to [-1, k]
-                out.append(view_strides(t.shape, ctx.strides[i], (-1, t.shape[-1])) is not None)
+                out.append(view_strides(t.shape, ctx.strides[i], (t.numel() // t.shape[-1], t.shape[-1])) is not None)
             else:
                 batch = 1
                 for d in t.shape[:-2]:

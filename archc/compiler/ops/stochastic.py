@@ -370,7 +370,9 @@ def check_inputs(graph: Graph, plan) -> list[Diagnostic]:
     aug = plan.one("augment")
     pretext = aug.args.pretext if aug is not None else "none"
     data = plan.one("data")
-    digits = data is not None and data.args.name == "digits"
+    if data is None:  # a plan for `archc mem` and the like: nothing is fed
+        return []
+    digits = data.args.name == "digits"
     diags: list[Diagnostic] = []
     for nid in graph.inputs:
         node = graph.node(nid)

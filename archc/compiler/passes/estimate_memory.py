@@ -37,6 +37,9 @@ from ..ops import REGISTRY
 from ..ops.base import Footprint, MemoryContext, Op, Saved, contiguous_strides, dtype_bytes, is_float
 
 LOW = {"fp16": "float16", "bf16": "bfloat16", "fp16-mixed": "float16", "bf16-mixed": "bfloat16"}
+# Ops that combine their input with their own parameter by plain arithmetic, so the result
+# takes the wider of the two dtypes (a 16-bit input under autocast becomes float32).
+PARAM_PROMOTES = frozenset({"learned_pe", "cls_token"})
 CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "master", "inputs", "saved", "activations",
               "autocast copies", "gradient buffers", "workspace", "checkpoint state")
 
@@ -427,13 +430,25 @@ class _Model:
                     self.buffer_shape[f"{n.path}.{name}"] = tuple(shape)
             self.node_params[n.id] = mine
         self.trainable = {k: not self.param_owner[k].meta.get("frozen", False) for k in self.param_shape}
+        # parameters the loss's backward never reaches (a pooler beside the first output) get no
+        # gradient, and so no optimizer state either
+        if g.outputs:
+            import networkx as nx
+
+            out = g.outputs[0]
+            reach = nx.ancestors(g.g, out) | {out}
+            used = {key for n in self.nodes if n.id in reach for key in self.node_params.get(n.id, {}).values()}
+        else:
+            used = set(self.trainable)
+        # (autograd still keeps what their ops save: it cannot know the loss ahead)
+        self.gets_grad = {k: v and k in used for k, v in self.trainable.items()}
         self.param_numel = {k: math.prod(sh) for k, sh in self.param_shape.items()}
         # ties: the tied linear's own copy of the key points at the owner's storage
         for n in self.nodes:
             for name, key in self.node_params.get(n.id, {}).items():
                 if key not in self.param_shape:  # tied to a parameter created later (not normally)
                     self.param_shape[key] = ()
-                    self.trainable[key] = False
+                    self.trainable[key] = self.gets_grad[key] = False
 
     def _loss(self) -> None:
         g = self.g
@@ -517,6 +532,8 @@ class _Model:
                     out_dtype = "float32"
             if out_dtype is None:
                 fl = [t.dtype for t in in_t if is_float(t.dtype)]
+                if op_name in PARAM_PROMOTES and keys:  # x + table, cat([token, x]): type promotion
+                    fl.append(param_dtype)
                 if op_name == "embedding" or not fl:
                     out_dtype = param_dtype
                 else:
@@ -849,7 +866,7 @@ class _Sim:
         self.param_sid: dict[str, int] = {}
         self.grad_sid: dict[str, int] = {}
         P = sum(math.prod(sh) for sh in m.param_shape.values())
-        Pt = sum(math.prod(sh) for k, sh in m.param_shape.items() if m.trainable[k])
+        Pt = sum(math.prod(sh) for k, sh in m.param_shape.items() if m.gets_grad[k])
         self.P, self.Pt = P, Pt
         # the largest layer: a module's own parameters (what ZeRO-3 gathers at once)
         layers: dict[str, int] = {}
@@ -905,7 +922,7 @@ class _Sim:
             self.opt_sids = []
             if s.training and opt_per:
                 for key in m.param_order:
-                    if not m.trainable[key]:
+                    if not m.gets_grad[key]:
                         continue
                     n = math.prod(m.param_shape[key])
                     per_state = pb  # exp_avg, exp_avg_sq, momentum_buffer: zeros_like(param)
@@ -927,7 +944,7 @@ class _Sim:
             self.state["buffers"] += L.size[n]
         if s.training:
             for key, sh in m.param_shape.items():
-                if m.trainable[key]:
+                if m.gets_grad[key]:
                     owner = m.param_owner[key]
                     nbytes = math.prod(sh)
                     self.nm(owner).gradients += nbytes * pb
@@ -1366,7 +1383,7 @@ class _Sim:
         if self._zero_params:
             L.check(where)  # DeepSpeed's fused optimizers update their partitions in place
         else:
-            keys = [k for k in m.param_order if m.trainable[k] and k in self.grad_sid]
+            keys = [k for k in m.param_order if m.gets_grad[k] and k in self.grad_sid]
             sizes = [math.prod(m.param_shape[k]) * pb for k in keys]
             adam = s.optimizer in ("adam", "adamw")
             wd_tmp = s.weight_decay and s.optimizer in ("adam", "sgd")
@@ -1400,7 +1417,7 @@ class _Sim:
                 rep.gradients = st["gradients"]
             else:
                 pb = dtype_bytes(self.c["param_dtype"])
-                rep.gradients = sum(math.prod(sh) * pb for k, sh in m.param_shape.items() if m.trainable[k]) + \
+                rep.gradients = sum(math.prod(sh) * pb for k, sh in m.param_shape.items() if m.gets_grad[k]) + \
                     st["gradients"]
         rep.activations = self.activations
         rep.inputs = self.inputs_bytes

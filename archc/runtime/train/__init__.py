@@ -39,7 +39,10 @@ Callbacks (subclass `Callback`, or `LambdaCallback(on_evaluate=fn)`) see a
 mutable `TrainState` (model, optimizer, scheduler, epoch, step, loss,
 metrics, history, best, `stop`/`stop_reason`, and `extras` for their own data):
 
-- `on_fit_start`, `on_epoch_start`, `on_epoch_end`, `on_fit_end`;
+- `on_fit_start`, `on_epoch_start`, `on_epoch_end`, `on_fit_end`; `on_fit_start`
+  may restore a resumed run's counters (`state.step`, `state.epoch`, history, best):
+  the loop continues from `state.epoch` (archc train's checkpoints,
+  archc.runtime.objectives.Checkpointer);
 - `on_step_start(state, batch)`: before each forward (DARTS's architecture
   step on a validation batch goes here);
 - `on_loss(state, batch, outputs, loss) -> loss`: change the loss before the
