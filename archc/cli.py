@@ -720,15 +720,18 @@ def _train_settings(plan, graph, args) -> dict:
     augment = {k: getattr(aug.args, k) for k in type(aug.args).model_fields} if aug else {}
     spec = Path(args.file)
     stem = spec.parent / f"{spec.stem}.{plan.name}"
-    checkpoint = args.checkpoint or (save.args.path if save and save.args.path else None) or f"{stem}.ckpt"
-    weights = args.output or (save.args.weights if save and save.args.weights else None) or f"{stem}.safetensors"
-    base = spec.parent
 
-    def rel(p):  # plan paths are relative to the spec; command-line paths to the working directory
-        return str(p) if Path(p).is_absolute() or p in (args.checkpoint, args.output) else str(base / p)
+    def where(given, planned, default):  # the command line's path, the plan's (relative to the spec), or default
+        if given:
+            return str(given)
+        if planned:
+            return planned if Path(planned).is_absolute() else str(spec.parent / planned)
+        return default
 
+    checkpoint = where(args.checkpoint, save.args.path if save else None, f"{stem}.ckpt")
+    weights = where(args.output, save.args.weights if save else None, f"{stem}.safetensors")
     data = plan.one("data").args
-    return {"config": config, "augment": augment, "checkpoint": rel(checkpoint), "weights": rel(weights),
+    return {"config": config, "augment": augment, "checkpoint": checkpoint, "weights": weights,
             "data": data, "batch": b.batch if b else 64, "seed": seed, "has_loss": has_loss,
             "members": members.args if members else None}
 

@@ -970,7 +970,7 @@ class Elaborator:
             copies = [st.stage] * st.count if isinstance(st, Repeat) else [st]
             for k, c in enumerate(copies):
                 before = self.graph._next
-                v = self.apply(c, v if isinstance(v, list) else [v], child, span, label=str(i))
+                v = self.apply(c, list(v) if isinstance(v, (list, tuple)) else [v], child, span, label=str(i))
                 if k == 0 and len(copies) > 1:
                     self._check_growth(self.graph._next - before, len(copies) - 1, st.span or span, scope)
                 i += 1
