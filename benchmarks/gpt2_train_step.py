@@ -87,8 +87,8 @@ def main(argv=None) -> int:
         loss.backward()
         return logits, loss
 
-    print(f"train step: GPT-2 (n_layer={args.layers}, 124M at 12), batch {args.batch}x{args.tokens} tokens, CPU, "
-          f"{torch.get_num_threads()} torch threads, dropout {args.dropout}, "
+    print(f"train step: GPT-2 (n_layer={args.layers}; 12 is GPT-2 small), batch {args.batch}x{args.tokens} tokens, "
+          f"CPU, {torch.get_num_threads()} torch threads, dropout {args.dropout}, "
           f"{args.warmup} warm-up + {args.repeats} timed steps each")
     print(T.machine_line() + f"  torch {torch.__version__}  transformers {transformers.__version__}")
     if args.dropout == 0:  # same weights, same batch: the first step must agree
