@@ -107,6 +107,11 @@ class Program:
         graph.decisions = {lbl: d.chosen for lbl, d in el.trace.items()}
         if plan is not None:
             graph = apply_plan(graph, p)
+        from .compiler.ops.stochastic import check_ema  # an EMA target must match its source
+
+        problems = check_ema(graph)
+        if problems:
+            raise CompileError(problems)
         return graph
 
     def derive(self, model: str | None = None, decisions: dict[str, int] | None = None, *,

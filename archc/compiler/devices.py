@@ -10,6 +10,7 @@ Never imports torch.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -39,6 +40,15 @@ ONEDNN_CHANNEL_BLOCK = 16
 # Below this many input channels oneDNN reads the plain NCHW input without a reorder.
 ONEDNN_PLAIN_INPUT_BELOW = 8
 
+
+def _cpu_threads() -> int:
+    """PyTorch's intra-op threads on this machine (it defaults to the cores it may use):
+    oneDNN keeps per-thread accumulators for weight gradients."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
 # Ops PyTorch's autocast runs in the low-precision dtype (both device kinds):
 # convolutions, matrix products and scaled_dot_product_attention.
 AUTOCAST_LOW = frozenset({"conv", "conv_transpose", "linear", "matmul", "attention", "mha"})
@@ -67,6 +77,7 @@ class Device:
     loss_casts_logits: bool = True  # autocast casts cross-entropy's input to fp32 first
     attention_upcast: bool = False  # the math attention path computes half inputs in fp32
     attention: Literal["auto", "fused", "composite"] = "auto"  # how attention runs
+    threads: int = 1  # CPU threads (per-thread scratch buffers)
 
     def attention_kernel(self, dropout: float, training: bool) -> str:
         """"fused" (a flash / memory-efficient kernel: saves q, k, v, output and
@@ -97,7 +108,7 @@ def _cuda(name: str, mib: int, description: str) -> Device:
 # Memory as nvidia-smi reports it ("MiB total").
 DEVICES: dict[str, Device] = {d.name: d for d in [
     Device("cpu", "cpu", None, "the host CPU (PyTorch's CPU allocator: no rounding; oneDNN convolutions)",
-           rng_state_bytes=CPU_RNG_STATE_BYTES, attention_upcast=True),
+           rng_state_bytes=CPU_RNG_STATE_BYTES, attention_upcast=True, threads=_cpu_threads()),
     _cuda("t4-16gb", 15360, "NVIDIA T4 16 GB"),
     _cuda("v100-16gb", 16384, "NVIDIA V100 16 GB"),
     _cuda("a4000-16gb", 16376, "NVIDIA RTX A4000 16 GB"),

@@ -505,7 +505,8 @@ class Checkpointer(Callback):
     (so a resumed run draws the same batches and augmentations as an uninterrupted one).
 
     With per-epoch evaluation (`after_eval`), the checkpoint is written after the epoch's
-    evaluation, so it holds that evaluation too."""
+    evaluation, so it holds that evaluation too. Resuming is exact at epoch boundaries; a run
+    cut inside an epoch by a `steps` limit resumes at the next epoch."""
 
     def __init__(self, path: str | os.PathLike, model: nn.Module, generator=None, resume: dict | None = None,
                  after_eval: bool = True):

@@ -1,6 +1,6 @@
 """Search spaces: decisions, exact size against brute force, decisions by label, derivation."""
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 import archc
 from archc.compiler.space import enumerate_space, explore
@@ -102,7 +102,11 @@ def spaces(draw):
 @given(spaces())
 def test_size_equals_brute_force_enumeration(text):
     prog = archc.parse(text, "s.arch")
-    assert explore(prog._prog, "S").size == len(enumerate_space(prog._prog, "S"))
+    try:
+        brute = len(enumerate_space(prog._prog, "S"))
+    except (archc.CompileError, OverflowError):  # too large to enumerate: not a small case
+        assume(False)
+    assert explore(prog._prog, "S").size == brute
 
 
 @pytest.mark.parametrize("seed", [0, 3, 11])

@@ -104,11 +104,34 @@ def test_checkpoints_resume_to_the_bit(tmp_path, capsys):
     assert rest["test"] == whole["test"]
 
 
-def test_a_model_without_a_loss_output_trains_as_a_classifier(tmp_path, capsys):
+def test_a_model_without_a_loss_output_trains_as_a_classifier(tmp_path, capsys, monkeypatch):
     spec = tmp_path / "tiny.arch"
     spec.write_text(TINY)
-    r = train([spec, "--plan", "Classify", "--checkpoint", tmp_path / "c.ckpt", "-o", tmp_path / "c.st"], capsys)
+    monkeypatch.chdir(tmp_path.parent)
+    r = train([Path(tmp_path.name) / "tiny.arch", "--plan", "Classify"], capsys)
     assert r["monitor"] == "accuracy" and r["test"]["accuracy"] > 0.8
+    # by default the checkpoint and the weights sit next to the spec
+    assert (tmp_path / "tiny.Classify.ckpt").is_file() and (tmp_path / "tiny.Classify.safetensors").is_file()
+
+
+def test_the_plans_precision_accumulation_and_checkpointing_reach_the_loop(tmp_path, capsys):
+    spec = tmp_path / "tiny.arch"
+    spec.write_text(TINY.replace('    seed(3)\n', '    seed(3)\n    precision("bf16-mixed")\n    accumulate(2)\n'
+                                 '    checkpoint(on="enc")\n    evaluate(every=2)\n'))
+    r = train([spec, "--plan", "Run", "--epochs", "1", "--checkpoint", tmp_path / "c.ckpt", "-o", tmp_path / "w.st"],
+              capsys)
+    assert r["steps"] == 5  # 10 batches, 2 per optimizer step
+    assert archc.load(spec).source(plan="Run").count("torch.utils.checkpoint.checkpoint(") == 2  # enc, used twice
+    from archc.runtime.objectives import load_checkpoint
+
+    assert [h["step"] for h in load_checkpoint(tmp_path / "c.ckpt")["history"]] == [2, 4]
+
+
+def test_save_paths_are_relative_to_the_spec(tmp_path, capsys):
+    spec = tmp_path / "tiny.arch"
+    spec.write_text(TINY.replace('    seed(3)\n', '    seed(3)\n    save("runs/x.ckpt", weights="runs/x.st")\n'))
+    r = train([spec, "--plan", "Run", "--steps", "1"], capsys)
+    assert r["checkpoint"] == str(tmp_path / "runs" / "x.ckpt") and (tmp_path / "runs" / "x.st").is_file()
 
 
 def test_train_reports_spec_errors_and_usage(tmp_path, capsys):

@@ -203,16 +203,20 @@ def _onednn(ctx, cin: int, cout: int, groups: int) -> Footprint:
     if ctx.ins[0].dtype in ("bfloat16", "float16"):
         # half precision: no output padding, but scratchpads that scale with the (padded)
         # weight (measured): about 2x in the forward; for the weight gradient a blocked
-        # copy (twice over when the output channels are not a whole number of blocks) and
-        # per-thread accumulators of about 4x, or a buffer of up to the output's size (capped:
-        # it is tiled, and does not grow with the batch)
+        # copy (float32 with padded channels unless they are whole blocks) and per-thread
+        # float32 accumulators, or a buffer of up to the output's size (capped: it is tiled,
+        # and does not grow with the batch)
         wp = w * up(cout) // cout * (1 if plain else up(cin)) // (1 if plain else cin)
         fwd = max(3 * wp + i, 2 * o)
         p1 = o + wp + i + max(2 * wp, i) if need_i else 0
         held = i if need_i else 0
         whole = cout % blk == 0
-        scratch = max(4 * wp if whole else 9 * wp // 2, min(o, 1 << 20))
-        p2 = held + o + i + (wp if whole else 2 * wp) + scratch if need_w else 0
+        # the weight gradient accumulates in float32, both channel counts padded, per thread
+        wf = w * 2 * up(cout) // cout * up(cin) // cin
+        threads = getattr(ctx.device, "threads", 1) or 1
+        gw = wp if whole and not plain else wf
+        scratch = max(threads * wf + (0 if whole and not plain else wf // 4), min(o, 1 << 20))
+        p2 = held + o + i + gw + scratch if need_w else 0
         leaves = (i if need_i else 0) + (w if need_w else 0)
         return Footprint(fwd_peak=fwd, bwd_peak=max(max(p1, p2) - leaves, 0))
     ob = o * up(cout) // cout
