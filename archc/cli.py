@@ -137,6 +137,10 @@ def cmd_check(args) -> int:
                     if plan_diags:
                         diags += plan_diags
                         continue
+                    if prog.plan(plan).kind in ("train", "finetune"):  # device, precision, dims: E0502, E0504
+                        from .compiler.passes.estimate_memory import settings_from_plan
+
+                        settings_from_plan(graph, prog.plan(plan))
                 if graph.decisions and plan is None:  # a search space: check every candidate
                     from .compiler.space import check_space
 

@@ -196,8 +196,7 @@ CASES = [
     ("E0502", NET + "\ntrain Fit for Net() {\n    precision(\"bf32\")\n}\n", '"bf32"'),
     ("E0503", "model Net() {\n    input x: float32[B, 16]\n    output y = x -> fc1: linear(32)\n}\n\n"
      "train Fit for Net() {\n    checkpoint(on=\"fc3\")\n}\n", 'on="fc3"'),
-    pytest.param("E0504", NET + "\ntrain Fit for Net() {\n    device(\"h100-90gb\")\n}\n", '"h100-90gb"',
-                 marks=pytest.mark.xfail(strict=True, reason="E0504 is not reported by `archc check` yet")),
+    ("E0504", NET + "\ntrain Fit for Net() {\n    device(\"h100-90gb\")\n}\n", '"h100-90gb"'),
     ("E0520", NET + "\nsearch Tune for Net() {\n    strategy(\"tpe\", trials=20)\n    objective(\"params\")\n}\n",
      "search Tune"),
     ("E0521", search_plan('strategy("tpe", trials=20)', 'objective("acuracy", "max")', 'data("digits")'),
