@@ -12,6 +12,7 @@ available to generated code).
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,6 +20,28 @@ from pydantic import BaseModel, ConfigDict
 
 from ..dims import Dim
 from ..ir import TensorType
+
+
+class RuntimeClass:
+    """A class of archc.runtime named without importing it (archc.runtime imports torch;
+    ops never do). Lowering reads `__module__` and `__qualname__` and writes an import into
+    the generated source; calling the object imports the real class and instantiates it."""
+
+    def __init__(self, module: str, qualname: str):
+        self.__module__ = module
+        self.__qualname__ = qualname
+
+    def __call__(self, *args, **kwargs):
+        return getattr(importlib.import_module(self.__module__), self.__qualname__)(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{self.__module__}.{self.__qualname__}"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RuntimeClass) and repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
 
 
 class Attrs(BaseModel):

@@ -27,7 +27,7 @@ from typing import Literal
 
 from ..dims import numel
 from ..ir import TensorType
-from .base import Attrs, Footprint, Module, Op, Saved, register, static_int
+from .base import Attrs, Footprint, Module, Op, RuntimeClass, Saved, register, static_int
 
 
 class LoraAttrs(Attrs):
@@ -54,16 +54,7 @@ class _Source(str):
         return str(self)
 
 
-class _RuntimeName:
-    """Names `archc.runtime.lora.<name>` for generated code without importing it here
-    (ops never import torch): lowering reads `__module__` and `__qualname__`."""
-
-    def __init__(self, name: str):
-        self.__module__ = "archc.runtime.lora"
-        self.__qualname__ = name
-
-
-ADAPT = _RuntimeName("adapt")
+ADAPT = RuntimeClass("archc.runtime.lora", "adapt")
 
 
 def dims(a: LoraAttrs, ins: list[TensorType]) -> tuple[int, int]:

@@ -24,7 +24,6 @@ here without importing them: ops never import torch).
 """
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Literal
 
@@ -32,34 +31,12 @@ from pydantic import Field
 
 from ..dims import Dim
 from ..ir import TensorType
-from .base import Attrs, Code, Footprint, Module, Op, Saved, ShapeError, is_float, register, static_int
+from .base import (Attrs, Code, Footprint, Module, Op, RuntimeClass, Saved, ShapeError, is_float, register,
+                   static_int)
 
 
-class _Runtime:
-    """A runtime class named without importing it (archc.runtime imports torch).
-
-    Lowering's `_target` reads `__module__` and `__qualname__` and writes an import into the
-    generated source; calling the object imports the real class and instantiates it."""
-
-    def __init__(self, module: str, qualname: str):
-        self.__module__ = module
-        self.__qualname__ = qualname
-
-    def __call__(self, *args, **kwargs):
-        return getattr(importlib.import_module(self.__module__), self.__qualname__)(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"{self.__module__}.{self.__qualname__}"
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, _Runtime) and repr(self) == repr(other)
-
-    def __hash__(self) -> int:
-        return hash(repr(self))
-
-
-def runtime(qualname: str, module: str = "archc.runtime.objectives") -> _Runtime:
-    return _Runtime(module, qualname)
+def runtime(qualname: str, module: str = "archc.runtime.objectives") -> RuntimeClass:
+    return RuntimeClass(module, qualname)
 
 
 SCALAR = TensorType((), "float32")

@@ -27,39 +27,20 @@ from one convolution over `[x_t, h_{t-1}]` (module `conv`, "same" padding), with
 optional peephole weights `w_ci`, `w_cf`, `w_co` `[hidden, H, W]`. Its runtime module
 is archc.runtime.recurrent.ConvLSTM.
 
-Ops never import torch: runtime classes are named by `_Runtime`, which generated code
+Ops never import torch: runtime classes are named by `RuntimeClass`, which generated code
 imports by module and name.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Literal
 
 from ..dims import Dim
 from ..ir import TensorType
-from .base import (Attrs, Code, Footprint, Module, Op, Saved, ShapeError, contiguous_strides, dtype_bytes,
-                   expect_rank, register, static_int)
+from .base import (Attrs, Code, Footprint, Module, Op, RuntimeClass, Saved, ShapeError, contiguous_strides,
+                   dtype_bytes, expect_rank, register, static_int)
 
-
-class _Runtime:
-    """A runtime class named without importing it (archc.runtime imports torch).
-
-    Lowering's `_target` reads `__module__` and `__qualname__` and writes an import into the
-    generated source; calling the object imports the real class and instantiates it."""
-
-    def __init__(self, module: str, qualname: str):
-        self.__module__ = module
-        self.__qualname__ = qualname
-
-    def __call__(self, *args, **kwargs):
-        return getattr(importlib.import_module(self.__module__), self.__qualname__)(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"{self.__module__}.{self.__qualname__}"
-
-
-LSTM_MODULE = _Runtime("archc.runtime.recurrent", "LSTM")
-CONV_LSTM_MODULE = _Runtime("archc.runtime.recurrent", "ConvLSTM")
+LSTM_MODULE = RuntimeClass("archc.runtime.recurrent", "LSTM")
+CONV_LSTM_MODULE = RuntimeClass("archc.runtime.recurrent", "ConvLSTM")
 
 
 def _known_ne(a: Dim, b: Dim) -> bool:
