@@ -198,6 +198,7 @@ class Elaborator:
         self.decider: Decider | None = None
         self.relax: str | None = None  # "darts" | "gdas" | "pcdarts": build a supernet
         self._alphas: dict[str, Value] = {}  # relaxed decision group -> its α table
+        self._cell_groups: dict[str, tuple] = {}  # cell group -> (its shape, the first cell's span)
         self.trace: dict[str, Decision] = {}  # choices met, in order
         self.encounters: list[tuple[A.Call, str, int]] = []  # (choice node, instance path, chosen)
         self.instances: dict[str, tuple[str, Span | None]] = {}  # block instance path -> (block, call span)
@@ -666,20 +667,32 @@ class Elaborator:
             raise self.err("E0604", f'`combine` is "concat" or "last", got {combine!r}', where("combine"), scope)
         if not _is_int(stride) or stride < 1:
             raise self.err("E0604", f"`stride` must be a positive int, got {stride!r}", where("stride"), scope)
+        genotype = arg("genotype")
+        if genotype is not None:
+            genotype = self._check_genotype(genotype, nodes, len(inputs), keep, where("genotype"), scope)
         name = self._fresh(scope, "cell")
         self._claim(scope, name, e.span)
         path = scope.path(name)
         group = arg("group") or path
+        op_reprs = [_stage_repr(o) for o in ops]
+        self._check_cell_group(group, (len(inputs), nodes, keep, tuple(op_reprs), combine), e.span, scope)
         self.graph.containers[path] = "cell"
         inner = Scope(prefix=path, block=scope.block, calls=scope.calls, vars=scope.vars)
         discrete = [o for o in ops if keep == "all" or not _is_zero(o)]
-        reprs = [_stage_repr(o) for o in discrete]
-        leaf = all(_is_leaf(o) for o in ops)
+        reprs = [r for o, r in zip(ops, op_reprs) if keep == "all" or not _is_zero(o)]
+        # Ops to check on each kind of edge (discrete mode): those that open no decisions of their own.
+        probes = [(o, r) for o, r in zip(ops, op_reprs) if self._is_leaf(o)]
+        leaf = len(probes) == len(ops)
+        probes = [(o, r) for o, r in probes
+                  if not any(isinstance(v, ModuleRef) for v in o.args + tuple(v for _, v, _ in o.kwargs))]
         n_edges = sum(len(inputs) + j for j in range(nodes))
         alpha = self._alpha(group, n_edges, len(ops), e.span, scope) if self.relax else None
         beta = self._alpha(group + ".beta", n_edges, 1, e.span, scope) if self.relax == "pcdarts" else None
-        genotype = arg("genotype")
         states = list(inputs)
+        if not self.relax:  # what the supernet finds by applying every op: check each op on each kind of edge
+            probed: set = set()
+            for x in inputs:
+                self._probe_ops(probes, x, stride, inner, e.span, probed)
         row = 0
         for j in range(nodes):
             n_in = len(states)
@@ -706,7 +719,7 @@ class Elaborator:
                     terms.append(self._mixed(alpha, row + i, outs, inner, e.span))
                     continue
                 if genotype is not None:
-                    op = next(o for o, src in genotype[j] if src == i)
+                    op = genotype[j][i] if keep == "all" else next(o for o, src in genotype[j] if src == i)
                 else:
                     op = discrete[self._cell_decision(f"{group}.node{j}.edge{i}", reprs, e.span, scope, leaf,
                                                       parent=None if keep == "all" else inputs_label)]
@@ -721,10 +734,126 @@ class Elaborator:
             for t in terms[1:]:
                 total = self._apply_op(REGISTRY["add"], {}, [total, t], e.span, inner)
             states.append(total)
+            if not self.relax and j < nodes - 1:
+                self._probe_ops(probes, total, 1, inner, e.span, probed)
         inter = states[len(inputs):]
         if combine == "last" or len(inter) == 1:
             return inter[-1]
         return self._apply_op(REGISTRY["concat"], {"dim": 1}, inter, e.span, inner, name="concat")
+
+    def _check_genotype(self, genotype, nodes: int, n_inputs: int, keep, span, scope) -> list:
+        """Validate `genotype=` against the cell's shape. Returns, per node, its
+        (op, input) pairs (keep=K) or its op for each input in order (keep="all")."""
+        pair_help = ("each pair is `[op, input]`: an op and the index of the state it reads, "
+                     "the cell's inputs first, then the nodes before it")
+        if not isinstance(genotype, (list, tuple)):
+            raise self.err("E0604", f"`genotype` is a list of nodes, each a list of [op, input] pairs, "
+                           f"got {kind_of(genotype)}", span, scope, help=pair_help)
+        if len(genotype) != nodes:
+            raise self.err("E0604", f"the genotype has {len(genotype)} node(s), but the cell has `nodes={nodes}`",
+                           span, scope, help=f"give one list of [op, input] pairs for each of the {nodes} node(s)")
+        out = []
+        for j, node in enumerate(genotype):
+            n_in = n_inputs + j
+            allowed = "0" if n_in == 1 else f"0..{n_in - 1}"
+            reads = (f"node {j} reads the cell's {n_inputs} input(s)"
+                     + (f" and the {j} node(s) before it" if j else "") + f": inputs {allowed}")
+            if not isinstance(node, (list, tuple)):
+                raise self.err("E0604", f"node {j} of the genotype is {kind_of(node)}, not a list of "
+                               "[op, input] pairs", span, scope, help=pair_help)
+            pairs: list = []
+            for k, pair in enumerate(node):
+                if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], STAGE_TYPES)
+                        and _is_int(pair[1])):
+                    if not isinstance(pair, (list, tuple)):
+                        why = f"it is {kind_of(pair)}, not [op, input]"
+                    elif len(pair) != 2:
+                        why = f"it has {len(pair)} item(s), not 2 ([op, input])"
+                    elif not isinstance(pair[0], STAGE_TYPES):
+                        why = f"its first item is {kind_of(pair[0])}, not an op"
+                    else:
+                        why = f"its second item is {kind_of(pair[1])}, not an input index"
+                    raise self.err("E0604", f"pair {k} of node {j} of the genotype is malformed: {why}", span, scope,
+                                   help=pair_help)
+                op, i = pair
+                if not 0 <= i < n_in:
+                    raise self.err("E0604", f"node {j} of the genotype takes input {i}, but it has {n_in} "
+                                   f"({allowed})", span, scope, help=reads)
+                if any(i == src for _, src in pairs):
+                    raise self.err("E0604", f"node {j} of the genotype takes input {i} twice", span, scope,
+                                   help="each input feeds a node through one op: list it once")
+                pairs.append((op, i))
+            if keep == "all":
+                missing = [i for i in range(n_in) if all(i != src for _, src in pairs)]
+                if missing:
+                    raise self.err("E0604", f"node {j} of the genotype leaves out input {missing[0]}, but with "
+                                   f'`keep="all"` it takes every input ({allowed})', span, scope,
+                                   help=f"list a pair for each of inputs {allowed}: `[zero, {missing[0]}]` for "
+                                   "an edge that is cut")
+                by_input = dict((i, op) for op, i in pairs)
+                out.append([by_input[i] for i in range(n_in)])
+            else:
+                if len(pairs) != keep:
+                    raise self.err("E0604", f"node {j} of the genotype has {len(pairs)} pair(s), but the cell has "
+                                   f"`keep={keep}`", span, scope,
+                                   help=f"give each node {keep} [op, input] pair(s) with different inputs; {reads}")
+                out.append(pairs)
+        return out
+
+    def _check_cell_group(self, group: str, shape: tuple, span, scope) -> None:
+        """Cells that share a `group` share their decisions: they must have one shape."""
+        first = self._cell_groups.setdefault(group, (shape, span))
+        if first[0] == shape:
+            return
+        names = ("inputs", "nodes", "keep", "ops", "combine")
+        diff = next(k for k, (a, b) in enumerate(zip(shape, first[0])) if a != b)
+
+        def show(v):
+            if names[diff] == "inputs":
+                return f"{v} input(s)"
+            if names[diff] == "ops":
+                return "ops=[" + ", ".join(v) + "]"
+            return f"{names[diff]}={v!r}" if isinstance(v, str) else f"{names[diff]}={v}"
+
+        raise self.err("E0604", f"group `{group}` is used by cells of different shapes: {show(shape[diff])} here, "
+                       f"{show(first[0][diff])} in the first", span, scope,
+                       notes=[f"first used at {first[1]}"] if first[1] else [],
+                       help="cells that share a `group` must have the same inputs, nodes, keep, ops and combine")
+
+    def _probe_ops(self, probes: list, x: Value, stride: int, scope: Scope, span, probed: set) -> None:
+        """Apply each (op, its repr) of `probes` to a state like `x` with the edge's stride
+        on a scratch graph, once per (type, stride): in the discrete space only the
+        decided ops are applied, and the others must fit as they do in the supernet."""
+        if (x.type, stride) in probed:
+            return
+        probed.add((x.type, stride))
+        # Successes are kept on the program: exploring a space elaborates it many times.
+        done = self.prog.__dict__.setdefault("_cell_probes", set())
+        for op, text in probes:
+            key = (id(op.callee), text, x.type, stride, tuple(sorted(self.dims.items())))
+            if key in done:
+                continue
+            saved = (self.graph, self.used_paths, self._modules, self.instances, dict(self.trace),
+                     len(self.encounters), self._sharing)
+            rng = self.decider.rng.getstate() if self.decider is not None and self.decider.rng else None
+            try:
+                self.graph = Graph(saved[0].name)
+                self.used_paths, self._modules, self.instances, self._sharing = {}, {}, {}, False
+                probe = Scope(prefix=scope.path("probe"), block=scope.block, calls=scope.calls, vars=scope.vars)
+                node = self.graph.add("input", _io_attrs("probe"), [], [x.type], "probe", span)
+                self._apply_edge(op, Value(node.id, 0, x.type), stride, probe, "op", span)
+                done.add(key)
+            except CompileError as ex:
+                if ex.diagnostics[0].code != "E0601":  # an undecided choice inside: reached when it is applied
+                    raise
+            finally:
+                self.graph, self.used_paths, self._modules, self.instances = saved[:4]
+                self.trace.clear()
+                self.trace.update(saved[4])
+                del self.encounters[saved[5]:]
+                self._sharing = saved[6]
+                if rng is not None:
+                    self.decider.rng.setstate(rng)
 
     PC_PARTS = 4  # PC-DARTS sends 1/K of the channels through the candidate ops
 
@@ -755,6 +884,15 @@ class Elaborator:
                            notes=[f"first seen at {d.span}"] if d.span else [],
                            help="cells that share a `group` must have the same inputs, nodes and ops")
         return d.chosen
+
+    def _is_leaf(self, op) -> bool:
+        """`_is_leaf`, remembered per block on the program (it prints the block's body)."""
+        if not isinstance(op, OpRef) or isinstance(op.callee, Op):
+            return _is_leaf(op)
+        known = self.prog.__dict__.setdefault("_leaf_blocks", {})
+        if id(op.callee) not in known:
+            known[id(op.callee)] = (op.callee, _is_leaf(op))  # the decl is kept, so its id stays its own
+        return known[id(op.callee)][1]
 
     def _apply_edge(self, op, x: Value, stride: int, scope: Scope, label: str, span):
         """Apply a cell's candidate op to one state, giving it the edge's stride."""

@@ -221,6 +221,21 @@ CASES = [
      "choice(linear"),
     ("E0604", "model Net() {\n    input x: float32[B, 16, 8, 8]\n"
      "    output y = cell(x, x, nodes=2, ops=[identity, relu], keep=3)\n}\n", "keep=3"),
+    # a malformed genotype, at the `genotype=` argument
+    ("E0604", "model Net() {\n    input x: float32[B, 16, 8, 8]\n"
+     "    output y = cell(x, x, nodes=1, ops=[identity], keep=1, genotype=[[[identity, 5]]])\n}\n", "genotype="),
+    ("E0604", "model Net() {\n    input x: float32[B, 16, 8, 8]\n"
+     "    output y = cell(x, x, nodes=2, ops=[identity], keep=1, genotype=[[[identity, 0]]])\n}\n", "genotype="),
+    ("E0604", "model Net() {\n    input x: float32[B, 16, 8, 8]\n"
+     "    output y = cell(x, x, nodes=1, ops=[identity], keep=\"all\",\n"
+     "                    genotype=[[[identity, 0]]])\n}\n", "genotype="),
+    # discrete space: an op that is never decided still has to fit every edge
+    ("E0604", "model Net() {\n    input x: float32[B, 16, 8, 8]\n"
+     "    output y = cell(x, x, nodes=2, ops=[identity, conv(32, 1)], keep=1)\n}\n", "cell("),
+    ("E0604", "model Net() {\n    input x: float32[B, 16, 8, 8]\n"
+     "    a = cell(x, nodes=2, ops=[identity, relu], keep=1, group=\"g\")\n"
+     "    output y = cell(x, nodes=2, ops=[identity, relu], keep=1, combine=\"last\", group=\"g\")\n}\n",
+     ("cell(", 2)),
 ]
 
 
@@ -283,6 +298,17 @@ def test_import_cycle_across_two_files(cli_text):
     assert rc == 1
     assert "error[E0102]: import cycle: a.arch -> b.arch -> a.arch" in err
     assert "b.arch:1:1" in err  # the imported file's path is shown resolved
+
+
+def test_garbled_genotype_is_a_diagnostic(cli_text):
+    spec = ("model Net() {\n    input x: float32[B, 8, 8, 8]\n"
+            "    output y = cell(x, x, nodes=2, ops=[identity], keep=2, genotype=[[[identity, 0], [identity, 0]], 7])\n"
+            "}\n")
+    rc, out, err = cli_text({"g.arch": spec}, "check", "g.arch")
+    assert rc == 1, out + err
+    line, col = at(spec, "genotype=")
+    assert "error[E0604]: node 0 of the genotype takes input 0 twice" in err
+    assert f"g.arch:{line}:{col}" in err and "help:" in err
 
 
 def test_missing_file_on_the_command_line(cli_text):

@@ -207,3 +207,44 @@ model M(n: int = 4) {
         archc.parse(text, "t.arch").check(n="four")
     assert e.value.diagnostics[0].code == "E0206"
     assert isinstance(archc.parse(text, "t.arch").check().flops, Sym)
+
+
+# -- cells (DARTS) in the discrete space -------------------------------------------
+
+CELL_OPS = """
+block pool(x, stride: int = 1) {
+    assert x.shape[2] >= 8, "pool needs 8 rows"
+    return x -> max_pool(3, stride=stride, padding=1)
+}
+
+model M() {
+    input x: float32[B, 8, 8, 8]
+    output y = cell(x, x, nodes=2, ops=[pool, conv(8, 3, padding=1)], keep=1, stride=STRIDE)
+}
+"""
+
+
+def test_cell_ops_are_checked_on_a_scratch_graph():
+    """Every op of `ops` is tried on each kind of edge, but only the decided ones are in the graph."""
+    prog = archc.parse(CELL_OPS.replace("STRIDE", "1"), "t.arch")
+    for seed in range(4):
+        g = prog.graph("M", sample=seed)
+        again = prog.graph("M", sample=seed)
+        assert g.decisions == again.decisions  # checking the other ops draws nothing
+        paths = [n.path for n in g.nodes()]
+        assert not any("probe" in p for p in paths)
+        applied = [n.op for n in g.nodes() if n.op in ("max_pool", "conv")]
+        assert len(applied) == 2  # one edge per node (keep=1)
+    assert prog.space("M").size == 2 * 2 * 3 * 2  # inputs x op, for each of the two nodes
+
+
+def test_cell_op_that_fails_on_an_undecided_edge_kind():
+    """With stride 2 the nodes are 4x4: `pool` on an edge from node 0 fails even when no
+    decision takes that edge, as it does in the supernet."""
+    src = CELL_OPS.replace("STRIDE", "2")
+    prog = archc.parse(src, "t.arch")
+    with pytest.raises(archc.CompileError) as relaxed:
+        prog.check("M", relax="darts")
+    with pytest.raises(archc.CompileError) as discrete:
+        prog.check("M", choose={"cell_1.node1.inputs": 0})
+    assert discrete.value.diagnostics[0].message == relaxed.value.diagnostics[0].message == "pool needs 8 rows"

@@ -439,7 +439,18 @@ model M() {
     input x: float32[B, 8, 8, 8]
     a = cell(x, x, nodes=2, ops=[identity, max_pool(3, padding=1)], keep=1, group="g")
     output y = cell(x, x, nodes=3, ops=[identity, max_pool(3, padding=1)], keep=1, group="g")
-}""", "group `g` is used by cells of different shapes", 5),
+}""", "group `g` is used by cells of different shapes: nodes=3 here, nodes=2 in the first", 5),
+    "group-ops": ("""
+model M() {
+    input x: float32[B, 8, 8, 8]
+    a = cell(x, x, nodes=2, ops=[identity, max_pool(3, padding=1)], keep=1, group="g")
+    output y = cell(x, x, nodes=2, ops=[identity, avg_pool(3, padding=1)], keep=1, group="g")
+}""", "group `g` is used by cells of different shapes: ops=[identity, avg_pool(3, padding=1)] here", 5),
+    "stride": ("""
+model M() {
+    input x: float32[B, 8, 8, 8]
+    output y = cell(x, x, nodes=2, ops=[max_pool(3, padding=1), identity], keep=2, stride=2)
+}""", "`identity` cannot take the edge's stride 2", 4),
 }
 
 
@@ -457,9 +468,8 @@ def test_malformed_cells_in_the_supernet(case):
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_malformed_cells_in_the_discrete_space(case):
-    """`archc check` (no relaxation) reports them too."""
-    if case != "keep":
-        pytest.xfail("elaborate.py checks this only in the supernet (/tmp/darts_issues.md #3)")
+    """`archc check` (no relaxation) reports them too: every op of `ops` is checked on
+    each kind of edge, not only the decided ones, and groups keep one shape."""
     src, message, line = BAD[case]
     with pytest.raises(CompileError) as e:
         prog = archc.parse(src, filename=f"{case}.arch")
@@ -467,3 +477,71 @@ def test_malformed_cells_in_the_discrete_space(case):
         prog.space("M")
     d = e.value.diagnostics[0]
     assert d.code == "E0604" and message in d.message and d.span.line == line
+    with pytest.raises(CompileError) as again:  # whatever is decided
+        archc.parse(src, filename=f"{case}.arch").graph("M", sample=3)
+    assert again.value.diagnostics[0].message == d.message
+
+
+def test_group_mismatch_notes_the_first_cell():
+    src, _, _ = BAD["group"]
+    with pytest.raises(CompileError) as e:
+        archc.parse(src, filename="group.arch").check("M")
+    d = e.value.diagnostics[0]
+    assert (d.span.line, d.span.column) == (5, 16)
+    assert "first used at group.arch:4:9" in d.notes
+
+
+# A malformed `genotype=`: E0604 at the argument, naming the node and pair, in every mode.
+_GENO = """
+model M() {{
+    input x: float32[B, 8, 8, 8]
+    output y = cell(x, x, nodes={nodes}, ops=[zero, identity, max_pool(3, padding=1)], keep={keep}, genotype={g})
+}}"""
+GENOTYPE = {
+    "input-out-of-range": (1, 1, "[[[identity, 5]]]", "node 0 of the genotype takes input 5, but it has 2 (0..1)"),
+    "negative-input": (2, 1, "[[[identity, 0]], [[identity, -1]]]",
+                       "node 1 of the genotype takes input -1, but it has 3 (0..2)"),
+    "too-few-nodes": (2, 1, "[[[identity, 0]]]", "the genotype has 1 node(s), but the cell has `nodes=2`"),
+    "too-many-nodes": (1, 1, "[[[identity, 0]], [[identity, 1]]]",
+                       "the genotype has 2 node(s), but the cell has `nodes=1`"),
+    "not-a-list": (1, 1, "3", "`genotype` is a list of nodes, each a list of [op, input] pairs, got an int"),
+    "node-not-a-list": (1, 1, "[identity]", "node 0 of the genotype is an op, not a list of [op, input] pairs"),
+    "pair-not-a-list": (1, 1, "[[identity, 0]]", "pair 0 of node 0 of the genotype is malformed: it is an op"),
+    "pair-of-one": (1, 1, "[[[identity]]]", "pair 0 of node 0 of the genotype is malformed: it has 1 item(s)"),
+    "pair-op-not-an-op": (1, 1, "[[[0, identity]]]",
+                          "pair 0 of node 0 of the genotype is malformed: its first item is an int, not an op"),
+    "pair-input-not-an-int": (1, 1, '[[[identity, "s0"]]]',
+                              "pair 0 of node 0 of the genotype is malformed: its second item is a string"),
+    "same-input-twice": (1, 2, "[[[identity, 1], [zero, 1]]]", "node 0 of the genotype takes input 1 twice"),
+    "fewer-than-keep": (2, 2, "[[[identity, 0], [identity, 1]], [[identity, 2]]]",
+                        "node 1 of the genotype has 1 pair(s), but the cell has `keep=2`"),
+    "more-than-keep": (1, 1, "[[[identity, 0], [identity, 1]]]",
+                       "node 0 of the genotype has 2 pair(s), but the cell has `keep=1`"),
+    "edge-left-out": (2, '"all"', "[[[identity, 0], [zero, 1]], [[identity, 0], [identity, 2]]]",
+                      'node 1 of the genotype leaves out input 1, but with `keep="all"` it takes every input (0..2)'),
+}
+
+
+@pytest.mark.parametrize("relax", [None, "darts"])
+@pytest.mark.parametrize("case", list(GENOTYPE))
+def test_malformed_genotypes(case, relax):
+    nodes, keep, g, message = GENOTYPE[case]
+    src = _GENO.format(nodes=nodes, keep=keep, g=g)
+    with pytest.raises(CompileError) as e:
+        archc.parse(src, filename=f"{case}.arch").check("M", relax=relax)
+    d = e.value.diagnostics[0]
+    assert d.code == "E0604" and message in d.message, d.message
+    line = src.splitlines()[3]
+    assert (d.span.file, d.span.line, d.span.column) == (f"{case}.arch", 4, line.index("genotype=") + 1)
+    assert d.span.end_column == len(line)  # the whole argument, up to the call's `)`
+    assert d.help
+
+
+def test_well_formed_genotypes_build_in_any_pair_order():
+    """keep="all" with every edge listed, in any order; keep=K pairs in the order written."""
+    full = _GENO.format(nodes=2, keep='"all"', g="[[[identity, 1], [zero, 0]], [[zero, 2], [identity, 0], "
+                        "[max_pool(3, padding=1), 1]]]")
+    ops = [n.op for n in archc.parse(full).graph("M").nodes()]
+    assert (ops.count("max_pool"), ops.count("zero"), ops.count("identity")) == (1, 2, 2)
+    kept = _GENO.format(nodes=2, keep=1, g="[[[max_pool(3, padding=1), 1]], [[identity, 2]]]")
+    assert archc.parse(kept).check("M").params == 0
