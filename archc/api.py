@@ -156,12 +156,28 @@ class Program:
         check_size(graph, allow_large)
         return build_module(graph, os.path.basename(self.file))
 
-    def render(self, model: str | None = None, *, plan=None, dims=None, args=None, **kwargs):
-        """A graphviz.Digraph of the model: one node per op, a cluster per block instance."""
-        from .compiler.lower.graphviz import render
+    def render(self, model: str | None = None, *, plan=None, dims=None, args=None, alphas=None, color_by=None,
+               **kwargs):
+        """A graphviz.Digraph of the model: one node per op, a cluster per block instance.
+
+        `relax="darts"` draws a search space's supernet (each cell edge a mixed op over its
+        candidate ops); `alphas` (α tables by name, `{"normal": tensor or nested lists}`, or
+        the path of a file `graphviz.load_alphas` reads: a DARTS search's `.darts.pt`
+        checkpoint, `.safetensors`, `.json`) also sets each candidate's edge width and label
+        by its softmax weight. With `alphas` and no `relax`, the supernet is relaxed with
+        "darts" ("pcdarts" when the tables hold β). A derived `.arch` (cells with `genotype=`)
+        draws its derived cells."""
+        from .compiler.lower.graphviz import check_alphas, load_alphas, render
 
         kwargs.setdefault("strict", False)
-        return render(self.graph(model, plan=plan, dims=dims, args=args, **kwargs))
+        if isinstance(alphas, (str, os.PathLike)):
+            alphas = load_alphas(alphas)
+        if alphas is not None and kwargs.get("relax") is None:
+            kwargs["relax"] = "pcdarts" if any(str(k).endswith("_beta") for k in alphas) else "darts"
+        graph = self.graph(model, plan=plan, dims=dims, args=args, **kwargs)
+        if alphas is not None:
+            check_alphas(graph, alphas)
+        return render(graph, alphas=alphas, color_by=color_by)
 
 
 LARGE_PARAMS = 1_000_000_000  # 4 GB of fp32 weights

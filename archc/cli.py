@@ -370,16 +370,29 @@ def _print_memory(r, top: int) -> None:
 
 def cmd_render(args) -> int:
     from . import api
-    from .compiler.lower.graphviz import render
+    from .compiler.lower.graphviz import AlphasError, check_alphas, load_alphas, render
 
     settings = dict((k, _value(v)) for k, v in _pairs(args.set, "--set"))
+    alphas = None
+    decide = _decisions(args)
+    if args.alphas:  # torch is imported only for a torch file
+        try:
+            alphas = load_alphas(args.alphas)
+        except AlphasError as e:
+            return _usage(f"--alphas: {e}")
+        decide.setdefault("relax", "pcdarts" if any(k.endswith("_beta") for k in alphas) else "darts")
     try:
         prog = api.load(args.file)
         graph = prog.graph(args.model, plan=args.plan, dims=_dims(args.dim), args=settings, strict=False,
-                           **_decisions(args))
+                           **decide)
     except CompileError as e:
         _print_diagnostics(e.diagnostics, False)
         return 1
+    if alphas is not None:
+        try:
+            check_alphas(graph, alphas)
+        except AlphasError as e:
+            return _usage(f"--alphas {args.alphas}: {e}")
     color_by = None
     if getattr(args, "color", None) == "memory":
         try:
@@ -387,7 +400,7 @@ def cmd_render(args) -> int:
         except CompileError as e:
             _print_diagnostics(e.diagnostics, False)
             return 1
-    dot = render(graph, color_by=color_by)
+    dot = render(graph, color_by=color_by, alphas=alphas)
     out = Path(args.output or Path(args.file).with_suffix("." + args.format).name)
     fmt = args.format if args.output is None else (out.suffix.lstrip(".") or args.format)
     if fmt == "dot":
@@ -553,23 +566,42 @@ def cmd_search(args) -> int:
         return _usage("--trials must be at least 1")
     if args.threads is not None and args.threads < 1:
         return _usage("--threads must be at least 1")
+    darts = False
     try:
         prog = api.load(args.file)
         name_errors = prog.check_names()
         if name_errors:
             raise CompileError(name_errors)
         cfg = load_config(prog, args.plan, storage=args.storage, trials=args.trials)
+        darts = cfg.strategy == "darts"
+        if not darts and (args.checkpoint or args.restart):
+            return _usage("--checkpoint and --restart are for `darts` plans (a study resumes by itself)")
         from .search.driver import run_search
 
+        extra = {"checkpoint": args.checkpoint, "resume": not args.restart} if darts else {}
         result = run_search(prog, cfg, output=args.output, progress=not (args.quiet or args.json),
-                            device=args.device, threads=args.threads, verbose=not (args.quiet or args.json))
+                            device=args.device, threads=args.threads, verbose=not (args.quiet or args.json),
+                            **extra)
     except CompileError as e:
         _print_diagnostics(e.diagnostics, args.json)
         return 1
     except KeyboardInterrupt:
-        print("archc: search interrupted; its study keeps every finished trial: run the same command to resume",
-              file=sys.stderr)
+        if darts:
+            print("archc: search interrupted; its checkpoint keeps every finished epoch: run the same command to "
+                  "resume", file=sys.stderr)
+        else:
+            print("archc: search interrupted; its study keeps every finished trial: run the same command to resume",
+                  file=sys.stderr)
         return 130
+    except ValueError as e:
+        if not darts:
+            raise
+        from .runtime.train.darts import CheckpointMismatch  # torch is loaded: a DARTS search ran
+
+        if not isinstance(e, CheckpointMismatch):
+            raise
+        print(f"archc: {e} (or pass --restart to start over)", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps({"ok": True, "study": result.study, "storage": result.storage,
                           "objectives": result.objectives, "complete": result.complete, "ran": result.ran,
@@ -585,6 +617,9 @@ def cmd_search(args) -> int:
     console = Console()
     for note in cfg.notes:
         console.print(f"note: {note}")
+    if darts:
+        _print_darts(console, result)
+        return 0
     multi = len(result.objectives) > 1
     title = (f"Pareto front of {result.study}: {len(result.best)} candidates" if multi
              else f"best of {result.study}")
@@ -618,6 +653,38 @@ def cmd_search(args) -> int:
     if result.written:
         console.print(f"wrote {result.written}")
     return 0
+
+
+def _print_darts(console, result) -> None:
+    """A DARTS search's result: the supernet, the derived network, its genotype, where it went."""
+    from rich.table import Table
+
+    from .search.candidates import fmt_metric
+
+    row = result.best[0]
+    m = row["metrics"]
+    table = Table(title=f"darts search {result.study}")
+    for col in ("epochs", "supernet accuracy", "derived params", "order", "relax", "rule"):
+        table.add_column(col, justify="right")
+    table.add_row(str(m["epochs"]), fmt_metric("accuracy", m.get("supernet_accuracy")),
+                  fmt_metric("params", m.get("params")), str(m["order"]), str(m.get("relax", "darts")), m["rule"])
+    console.print(table)
+    arch = dict(row["arch"])
+    genotype = arch.pop("genotype", None)
+    if genotype:
+        console.print("genotype:", highlight=False)
+        console.print("  " + genotype.replace("\n", "\n  "), highlight=False, soft_wrap=True)
+    if arch:  # op choices outside cells
+        console.print("decisions:", highlight=False)
+        for label, cand in arch.items():
+            console.print(f"  {label} = {cand}", highlight=False, soft_wrap=True)
+    done = m.get("resumed_from", 0)
+    what = ("the checkpoint held the whole search" if not result.ran else
+            f"resumed after {done} epoch{'s' * (done != 1)}" if done else "")
+    console.print(f"checkpoint {result.storage}" + (f" ({what})" if what else "") +
+                  f"; this run took {result.seconds:.1f}s", highlight=False, soft_wrap=True)
+    if result.written:
+        console.print(f"wrote {result.written}", highlight=False, soft_wrap=True)
 
 
 def cmd_compress(args) -> int:
@@ -951,6 +1018,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", metavar="FILE", help="output file (format from its suffix)")
     p.add_argument("--format", default="svg", choices=["svg", "png", "pdf", "dot"])
     p.add_argument("--color", choices=["memory"], help="fill ops by what they hold in a training step")
+    p.add_argument("--alphas", metavar="FILE", help="a supernet's α: a DARTS search's checkpoint "
+                   "(STEM.PLAN.darts.pt), tensors (.pt, .safetensors) or JSON; edges drawn by softmax weight "
+                   "(implies --relax darts)")
     p.set_defaults(fn=cmd_render)
 
     p = sub.add_parser("mem", help="memory of a training step (or inference): peak, make-up, fit, largest batch")
@@ -982,6 +1052,9 @@ def main(argv: list[str] | None = None) -> int:
                    "SPEC_DIR/STEM.PLAN.best.arch)")
     p.add_argument("--device", default="auto", help="where candidates train: auto, cpu, cuda, cuda:1...")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads for this worker")
+    p.add_argument("--checkpoint", metavar="FILE", help="darts: the resumable checkpoint (default: "
+                   "SPEC_DIR/STEM.PLAN.darts.pt)")
+    p.add_argument("--restart", action="store_true", help="darts: start over instead of resuming the checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-trial lines")
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(fn=cmd_search)

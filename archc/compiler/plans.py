@@ -258,7 +258,14 @@ class Strategy(Directive):
     trials the study holds when done (all workers and resumed runs together).
 
     `population` (evolution, nsga2), `sample` (evolution's tournament size),
-    `startup` (tpe: random trials first) and `lr` (rl: the controller's step)."""
+    `startup` (tpe: random trials first) and `lr` (rl: the controller's step).
+
+    `strategy("darts", order=2, arch_lr=3e-4, rule="darts", relax="darts")` trains one
+    supernet instead (archc.search.darts): `order` 1 (first-order) or 2 (the unrolled
+    gradient), `arch_lr` α's Adam step, `rule` how α becomes one architecture (a rule of
+    archc.search.derive_rules: darts, pcdarts, raw, nb201), `relax` the relaxation
+    (darts, gdas, pcdarts). These four are DARTS's only; `trials` and the sampling
+    strategies' settings are not DARTS's."""
 
     name: Literal["random", "grid", "evolution", "tpe", "nsga2", "rl", "darts"]
     trials: int | None = None  # default 20; `grid`: the whole space
@@ -266,15 +273,48 @@ class Strategy(Directive):
     sample: int | None = None
     startup: int | None = None
     lr: float | None = None
+    # DARTS's (name="darts" only)
+    order: Literal[1, 2] | None = None
+    arch_lr: float | None = None
+    rule: str | None = None
+    relax: Literal["darts", "gdas", "pcdarts"] | None = None
 
     _positive = field_validator("trials", "population", "sample", "startup")(classmethod(_at_least_one))
 
-    @field_validator("lr")
+    @field_validator("lr", "arch_lr")
     @classmethod
     def _lr_positive(cls, v):
         if v is not None and v <= 0:
             raise ValueError("must be positive")
         return v
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, v):
+        if v is None:
+            return v
+        from ..search.derive_rules import RULES  # no torch; rules may be registered by users
+
+        if v not in RULES:
+            raise ValueError(f"unknown derivation rule `{v}`; rules: " + ", ".join(RULES))
+        return v
+
+    @field_validator("trials", "population", "sample", "startup", "lr", "order", "arch_lr", "rule", "relax")
+    @classmethod
+    def _whose(cls, v, info):
+        """DARTS's settings only with "darts"; the sampling strategies' settings not with it."""
+        name = info.data.get("name")
+        if v is None or name is None:
+            return v
+        if info.field_name in DARTS_SETTINGS and name != "darts":
+            raise ValueError(f"only `darts` takes `{info.field_name}`, not `{name}`")
+        if info.field_name not in DARTS_SETTINGS and name == "darts":
+            raise ValueError("`darts` trains one supernet and takes no "
+                             f"`{info.field_name}`; its settings: " + ", ".join(DARTS_SETTINGS))
+        return v
+
+
+DARTS_SETTINGS = ("order", "arch_lr", "rule", "relax")
 
 
 @directive("objective", "search")

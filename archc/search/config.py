@@ -113,7 +113,7 @@ class SearchConfig:
     strategy: str
     strategy_span: Span | None
     trials: int
-    options: dict[str, Any]  # population, sample, startup, lr
+    options: dict[str, Any]  # population, sample, startup, lr; darts: order, arch_lr, rule, relax
     objectives: list[Objective]
     constraints: list[Constraint]
     data: str | None
@@ -135,6 +135,7 @@ class SearchConfig:
     fingerprint: str = ""
     study_name: str = ""
     notes: list[str] = field(default_factory=list)
+    option_spans: dict[str, Span] = field(default_factory=dict)  # strategy argument -> where it is written
 
     @property
     def directions(self) -> list[str]:
@@ -208,6 +209,8 @@ def _fingerprint(cfg: SearchConfig) -> str:
            "data_args": repr(sorted(cfg.data_args.items())), "epochs": cfg.epochs, "steps": cfg.steps,
            "batch": cfg.batch, "patience": cfg.patience, "seed": cfg.seed, "optimizer": cfg.optimizer,
            "precision": cfg.precision, "space": cfg.decisions}
+    if cfg.strategy == "darts":  # one supernet: its settings change every value
+        key["darts"] = {k: cfg.options.get(k) for k in ("order", "arch_lr", "relax")}
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -229,6 +232,63 @@ def _check_strategy(cfg: SearchConfig, diags: list[Diagnostic]) -> None:
         diags.append(Diagnostic("E0524", f"`grid` would visit all {cfg.space_size:,} candidates (at most "
                                 f"{GRID_LIMIT:,})", cfg.strategy_span,
                                 help="use `random`, `tpe` or `evolution` on a space this large"))
+
+
+def _check_darts(program, cfg: SearchConfig, diags: list[Diagnostic], *, trials_flag: bool = False,
+                 storage_given: bool = False) -> None:
+    """What DARTS cannot do, and a space it cannot relax (no torch: the supernet's graph only)."""
+    for o in cfg.objectives:
+        if o.name != "accuracy":
+            diags.append(Diagnostic("E0524", f"`darts` optimizes the validation accuracy only; the plan also asks "
+                                    f"for `{o.name}`", o.span or cfg.strategy_span,
+                                    help="remove the other objectives, or use `nsga2` for several"))
+    for c in cfg.constraints:
+        diags.append(Diagnostic("E0524", f"`darts` trains one supernet: the constraint `{c.text}` has no "
+                                "candidates to reject", c.span or cfg.strategy_span,
+                                help="remove it, or use a sampling strategy (tpe, evolution, nsga2...)"))
+    if cfg.pruner and cfg.pruner["name"] != "none":
+        diags.append(Diagnostic("E0524", "`darts` trains one supernet: there are no trials to prune",
+                                cfg.pruner["span"], help="remove `pruner(...)`"))
+    if diags:
+        return
+    relax = cfg.options.get("relax", "darts")
+    try:
+        graph = program.graph(cfg.model, dims=cfg.dims, args=cfg.args, relax=relax)
+    except CompileError as e:
+        d = e.diagnostics[0] if e.diagnostics else None
+        if d is not None and d.code == "E0601":  # a choice among values: a relaxation mixes ops only
+            diags.append(Diagnostic("E0524", f"`darts` relaxes op choices and cells only: {d.message}",
+                                    cfg.strategy_span,
+                                    notes=[f"the choice is at {d.span}"] if d.span else [],
+                                    help="fix that value in the model, or search it with a sampling strategy "
+                                         "(tpe, random, evolution...)"))
+        else:
+            diags += e.diagnostics
+        return
+    if not any(n.op == "arch_param" for n in graph.nodes()):
+        diags.append(Diagnostic("E0524", f"`{cfg.model}` has nothing for `darts` to relax", cfg.strategy_span,
+                                help="`darts` needs op choices or `cell(...)`; use a sampling strategy"))
+        return
+    if cfg.options.get("rule") == "nb201":
+        from .derive_rules import cell_layouts
+
+        try:
+            layouts = cell_layouts(program, cfg.model, args=cfg.args, dims=cfg.dims, relaxed=graph)
+        except ValueError as e:
+            diags.append(Diagnostic("E0524", str(e), cfg.strategy_span))
+            return
+        keeps = [lay for lay in layouts.values() if lay.keep is not None]
+        if keeps:
+            diags.append(Diagnostic("E0524", f"rule `nb201` keeps every edge, but the cells of group "
+                                    f"`{keeps[0].group}` keep {keeps[0].keep} inputs per node",
+                                    cfg.option_spans.get("rule", cfg.strategy_span),
+                                    help="use `darts` (the default for such cells), `pcdarts` or `raw`"))
+    if trials_flag:
+        cfg.notes.append("`darts` trains one supernet: --trials is ignored")
+    if storage_given:
+        cfg.notes.append("`darts` keeps its progress in its checkpoint (STEM.PLAN.darts.pt): the storage is not used")
+    if cfg.patience:
+        cfg.notes.append("`darts` trains for the whole budget: budget(patience=...) is ignored")
 
 
 def load_config(program, plan: str, *, storage: str | None = None, trials: int | None = None,
@@ -329,7 +389,9 @@ def load_config(program, plan: str, *, storage: str | None = None, trials: int |
     cfg = SearchConfig(
         spec=spec_path, plan=plan, kind_span=p.span, model=p.model, args=dict(p.args), dims=dims,
         strategy=strat.name, strategy_span=strat_span, trials=n_trials or DEFAULT_TRIALS,
-        options={k: getattr(strat, k) for k in ("population", "sample", "startup", "lr") if getattr(strat, k)},
+        options={k: getattr(strat, k) for k in ("population", "sample", "startup", "lr", "order", "arch_lr", "rule",
+                                                "relax") if getattr(strat, k)},
+        option_spans=dict(p.one("strategy").spans),
         objectives=objectives, constraints=constraints, data=data.name if data else None, data_args=data_args,
         data_span=data_span, storage=url, storage_span=url_span,
         epochs=budget.epochs if budget else None, steps=budget.steps if budget else None,
@@ -343,6 +405,8 @@ def load_config(program, plan: str, *, storage: str | None = None, trials: int |
     if cfg.epochs is None and cfg.steps is None:
         cfg.epochs = 1
     _check_strategy(cfg, diags)
+    if cfg.strategy == "darts":
+        _check_darts(program, cfg, diags, trials_flag=trials is not None, storage_given=bool(storage or st))
     if diags:
         raise CompileError(diags)
     cfg.fingerprint = _fingerprint(cfg)

@@ -2,34 +2,37 @@
 loop, its α derived into one architecture, written back as a plain `.arch` file.
 
     search Digits for DartsSearch(C=8, layers=5, size=8, channels=1) {
-        strategy("darts")          # order=1|2 (second order: the unrolled gradient)
+        strategy("darts", order=2)  # order=1|2, arch_lr=3e-4, rule="darts", relax="darts"
         data("digits")             # weights on the train split, α on the validation split
         budget(epochs=10, batch=64)
         seed(0)
     }
 
+    archc search space.arch --plan Digits          # the result table, the genotype, space.Digits.best.arch
+
     from archc.search.darts import run
     result = run("space.arch", "Digits", order=1)   # -> archc.search.driver.SearchResult
     result.written                                   # space.Digits.best.arch
 
-`run_darts(program, cfg, **kwargs)` takes a checked plan (`load_config`) and the
-keyword arguments of `archc.search.run_search` (output, progress, device,
-threads, console, verbose), and DARTS's own: `order` (1 or 2), `relax` (darts,
-gdas, pcdarts), `rule` (a derivation rule of archc.search.derive_rules; default
-`pcdarts` for relax="pcdarts", `nb201` when every cell keeps all inputs, else
-`darts`), `arch_lr`, `checkpoint` (default: next to the output,
-`STEM.PLAN.darts.pt`) and `resume`. Each of `order`, `relax`, `rule` and
-`arch_lr` is also read from the plan's `strategy(...)` directive when it has
-such an argument; a keyword argument here wins.
+`archc search` and `archc.search.run_search` dispatch `strategy("darts")` to
+`run_darts(program, cfg, **kwargs)`: a checked plan (`load_config`) and the
+keyword arguments of `run_search` (output, progress, device, threads, console,
+verbose), and DARTS's own: `order` (1 or 2), `relax` (darts, gdas, pcdarts),
+`rule` (a derivation rule of archc.search.derive_rules; default `pcdarts` for
+relax="pcdarts", `nb201` when every cell keeps all inputs, else `darts`),
+`arch_lr`, `checkpoint` (default: next to the output, `STEM.PLAN.darts.pt`) and
+`resume`. Each of `order`, `relax`, `rule` and `arch_lr` is read from the plan's
+`strategy(...)` (checked there, E0502 at the argument); a keyword argument here wins.
 
 The weights train with the plan's `optimizer(...)` (default: the reference's SGD,
 lr 0.025, momentum 0.9, weight decay 3e-4, gradient clipping at 5, cosine
 annealing to 0.001) for `budget(epochs=...)` epochs of `batch`; `seed(...)`
 seeds it. The plan's `storage` is not used: a DARTS search is one process, and
-its progress is the checkpoint file, from which a second run resumes.
-
-Hook for `archc search`: the driver dispatches `strategy("darts")` here
-(`if cfg.strategy == "darts": return run_darts(program, cfg, **kwargs)`).
+its progress is the checkpoint file (the model with α, both optimizers, the
+genotypes so far, the random states, and what identifies the search), from which
+a second run resumes; a checkpoint of another search (the plan changed) is refused
+with CheckpointMismatch. `archc render SPEC --plan NAME --alphas STEM.PLAN.darts.pt`
+draws the supernet with α.
 """
 from __future__ import annotations
 
@@ -45,9 +48,11 @@ DEFAULT_OPTIMIZER = {"name": "sgd", "lr": 0.025, "momentum": 0.9, "weight_decay"
 
 
 def _strategy_args(program, cfg: SearchConfig) -> dict[str, Any]:
-    """DARTS's settings as written in the plan's `strategy(...)` (where the directive has them)."""
-    d = program.plan(cfg.plan).one("strategy")
-    out = {}
+    """DARTS's settings as written in the plan's `strategy(...)`."""
+    out = {k: cfg.options[k] for k in ("order", "relax", "rule", "arch_lr") if cfg.options.get(k) is not None}
+    if out or not cfg.plan:
+        return out
+    d = program.plan(cfg.plan).one("strategy")  # a SearchConfig made by hand, without options
     for k in ("order", "relax", "rule", "arch_lr"):
         v = getattr(d.args, k, None) if d else None
         if v is not None:
@@ -91,10 +96,12 @@ def run_darts(program, cfg: SearchConfig, *, output: str | os.PathLike | None = 
                                                  {"order": order, "relax": relax, "rule": rule,
                                                   "arch_lr": arch_lr}.items() if v is not None}}
     order, relax = int(opts.get("order", 1)), opts.get("relax", "darts")
+    at = cfg.option_spans.get
     if order not in (1, 2):
-        raise CompileError(Diagnostic("E0524", f"DARTS `order` is 1 or 2, got {order}", cfg.strategy_span))
+        raise CompileError(Diagnostic("E0524", f"DARTS `order` is 1 or 2, got {order}",
+                                      at("order", cfg.strategy_span)))
     if relax not in ("darts", "gdas", "pcdarts"):
-        raise CompileError(Diagnostic("E0524", f"unknown relaxation `{relax}`", cfg.strategy_span,
+        raise CompileError(Diagnostic("E0524", f"unknown relaxation `{relax}`", at("relax", cfg.strategy_span),
                                       help="relaxations: darts, gdas, pcdarts"))
     if threads:
         torch.set_num_threads(threads)
@@ -121,8 +128,14 @@ def run_darts(program, cfg: SearchConfig, *, output: str | os.PathLike | None = 
         opts["rule"] = ("pcdarts" if relax == "pcdarts" else
                         "nb201" if layouts and all(lay.keep is None for lay in layouts.values()) else "darts")
     if opts["rule"] not in RULES:
-        raise CompileError(Diagnostic("E0524", f"unknown derivation rule `{opts['rule']}`", cfg.strategy_span,
-                                      help="rules: " + ", ".join(RULES)))
+        raise CompileError(Diagnostic("E0524", f"unknown derivation rule `{opts['rule']}`",
+                                      at("rule", cfg.strategy_span), help="rules: " + ", ".join(RULES)))
+    keeps = [lay for lay in layouts.values() if lay.keep is not None]
+    if opts["rule"] == "nb201" and keeps:  # found now, not after the search
+        raise CompileError(Diagnostic("E0524", f"rule `nb201` keeps every edge, but the cells of group "
+                                      f"`{keeps[0].group}` keep {keeps[0].keep} inputs per node",
+                                      at("rule", cfg.strategy_span),
+                                      help="use `darts` (the default for such cells), `pcdarts` or `raw`"))
 
     def genotype_of(alphas):
         return derive(program, cfg.model, alphas, opts["rule"], layouts=layouts).summary()
@@ -156,8 +169,11 @@ def run_darts(program, cfg: SearchConfig, *, output: str | os.PathLike | None = 
     # α steps on the validation split in batches of the plan's size, shuffled (evaluation keeps data.val)
     arch_data = DataLoader(data.val.dataset, batch_size=cfg.batch, shuffle=True,
                            generator=torch.Generator().manual_seed(cfg.seed + 1))
+    # what makes a checkpoint this search's: a changed plan is refused, not resumed
+    meta = {"spec": cfg.spec.name, "plan": cfg.plan, "model": cfg.model, "epochs": tc.epochs, "order": order,
+            "relax": relax, "arch_lr": dc.arch_lr, "fingerprint": cfg.fingerprint or None}
     result = darts_search(net, data.train, arch_data, tc, dc, evaluate_on=data.val, genotype_fn=genotype_of,
-                          checkpoint=ckpt, resume=resume, callbacks=[_Log()])
+                          checkpoint=ckpt, resume=resume, callbacks=[_Log()], meta=meta)
     derived = derive(program, cfg.model, result.alphas, opts["rule"], layouts=layouts)
     text = derive_arch(program, cfg.model, derived, args=cfg.args)
     params = program.check(cfg.model, decisions=derived.decisions, args=cfg.args, dims=cfg.dims).params
@@ -165,14 +181,20 @@ def run_darts(program, cfg: SearchConfig, *, output: str | os.PathLike | None = 
     if acc is None and result.history:
         acc = result.history[-1].get("accuracy")
     metrics = {"supernet_accuracy": acc, "params": params, "epochs": result.epochs, "order": order,
-               "rule": opts["rule"], "search_seconds": round(time.perf_counter() - start, 3),
+               "relax": relax, "rule": opts["rule"], "resumed_from": result.resumed_from,
+               "checkpoint": str(ckpt), "search_seconds": round(time.perf_counter() - start, 3),
                "history": result.history}
 
     header = [f"# Best candidate of `archc search {cfg.spec.name} --plan {cfg.plan}` (darts, order {order}, "
               f"{result.epochs} epoch{'s' * (result.epochs != 1)}): supernet validation accuracy "
               + (f"{100 * acc:.2f}%" if acc is not None else "-") + f", {params:,} parameters"]
     write_atomic(out_path, "\n".join(header) + "\n" + text + ("" if text.endswith("\n") else "\n"))
+    in_cells = tuple(g + ".node" for g in layouts)
+    arch = {"genotype": derived.summary()} if layouts else {}
+    arch.update({lbl: cfg.decisions[lbl][i] if lbl in cfg.decisions else i  # op choices outside cells
+                 for lbl, i in derived.decisions.items() if not lbl.startswith(in_cells)})
     row = {"trial": 0, "values": {"accuracy": acc}, "metrics": metrics, "decisions": derived.decisions,
-           "arch": {"genotype": derived.summary()}, "alphas": {k: v.tolist() for k, v in result.alphas.items()}}
-    return SearchResult(f"{cfg.spec.stem}.{cfg.plan}-darts", str(ckpt), [("accuracy", "max")], 1, 1, [row],
-                        out_path, time.perf_counter() - start, {"COMPLETE": 1})
+           "arch": arch, "alphas": {k: v.tolist() for k, v in result.alphas.items()}}
+    ran = int(result.epochs > result.resumed_from)  # 0: the checkpoint held the whole search
+    return SearchResult(cfg.study_name or f"{cfg.spec.stem}.{cfg.plan}-darts", str(ckpt), [("accuracy", "max")],
+                        1, ran, [row], out_path, time.perf_counter() - start, {"COMPLETE": 1})

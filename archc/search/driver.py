@@ -150,10 +150,10 @@ class Search:
     def _setup(self) -> None:
         cfg = self.cfg
         if cfg.strategy == "darts":
-            self._fail("E0524", "`darts` relaxes the choices and trains one supernet: it is not run by "
-                       "`archc search`", cfg.strategy_span,
-                       help="DARTS searches are run by archc's DARTS trainer; `archc search` runs random, grid, "
-                            "evolution, tpe, nsga2 and rl")
+            self._fail("E0524", "`darts` relaxes the choices and trains one supernet: it has no trials for a "
+                       "study's workers", cfg.strategy_span,
+                       help="run it with `archc.search.run_search` (or archc.search.darts.run_darts), which "
+                            "dispatches `darts` to archc's DARTS trainer")
         if cfg.needs("accuracy"):
             try:
                 self.data = load_data(cfg.data, batch=cfg.batch, search_path=[str(cfg.spec.parent)],
@@ -473,5 +473,13 @@ class _Bar:
 
 
 def run_search(program, cfg: SearchConfig, **kwargs) -> SearchResult:
-    """Run one worker of a checked plan (see `Search` for the keyword arguments)."""
+    """Run one worker of a checked plan (see `Search` for the keyword arguments).
+
+    `strategy("darts")` trains one supernet instead (archc.search.darts.run_darts, which
+    also takes DARTS's own keyword arguments: order, relax, rule, arch_lr, checkpoint, resume);
+    it resumes from its checkpoint rather than from a study."""
+    if cfg.strategy == "darts":
+        from .darts import run_darts
+
+        return run_darts(program, cfg, **kwargs)
     return Search(program, cfg, **kwargs).run()

@@ -165,6 +165,92 @@ def render(graph: Graph, *, color_by: Callable[[Node], str | None] | None = None
     return dot
 
 
+def arch_tables(graph: Graph) -> dict[str, tuple[int, int]]:
+    """The α (and β) tables of a relaxed graph: name (`normal`, `normal_beta`) -> (rows, columns)."""
+    return {n.path.split(".", 1)[-1]: (n.attrs.rows, n.attrs.cols) for n in graph.nodes() if n.op == "arch_param"}
+
+
+class AlphasError(ValueError):
+    """An α file that cannot be read, or whose tables do not fit the supernet."""
+
+
+def load_alphas(path) -> dict[str, list]:
+    """α tables by name (nested lists) from a file:
+
+    - a checkpoint of a DARTS search (`STEM.PLAN.darts.pt`: its model's `arch.*` entries),
+      a state_dict, or a dict of tensors saved with torch.save (`.pt`, `.pth`, `.ckpt`,
+      `.bin`); torch is imported for these only, and they are read with weights_only=True;
+    - `.safetensors` (read through numpy, no torch);
+    - `.json`: `{"normal": [[...], ...], ...}`, or what `archc search --json` prints
+      for a DARTS plan (its best row's `alphas`).
+    """
+    import json
+    import os
+
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise AlphasError(f"no such file: {name}")
+    ext = os.path.splitext(name)[1].lower()
+    if ext == ".json":
+        try:
+            data = json.loads(open(name, encoding="utf-8").read())
+        except (OSError, ValueError) as e:
+            raise AlphasError(f"cannot read {name}: {e}") from None
+        if isinstance(data, dict) and isinstance(data.get("best"), list) and data["best"]:
+            data = data["best"][0].get("alphas", {})
+    elif ext == ".safetensors":
+        try:
+            from safetensors.numpy import load_file
+        except ImportError:  # pragma: no cover - safetensors ships with archc's runtime
+            raise AlphasError("reading .safetensors needs the `safetensors` package") from None
+        try:
+            data = load_file(name)
+        except Exception as e:
+            raise AlphasError(f"cannot read {name}: {e}") from None
+    else:
+        import pickle
+
+        import torch  # only for torch files
+
+        try:
+            data = torch.load(name, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise AlphasError(f"cannot read {name} as a torch file of tensors: {first}") from None
+        if isinstance(data, dict) and isinstance(data.get("model"), dict):  # a DARTS search's checkpoint
+            data = data["model"]
+    if not isinstance(data, dict):
+        raise AlphasError(f"{name} holds no tables by name")
+    if any(str(k).startswith("arch.") for k in data):  # a supernet's state_dict: its α and β only
+        data = {k: v for k, v in data.items() if str(k).startswith("arch.")}
+    out = {}
+    for k, v in data.items():
+        try:
+            out[str(k).removeprefix("arch.")] = _rows(v)
+        except TypeError:
+            raise AlphasError(f"`{k}` in {name} is not a table of numbers") from None
+    if not out:
+        raise AlphasError(f"{name} holds no α tables")
+    return out
+
+
+def check_alphas(graph: Graph, alphas: Mapping[str, Any]) -> None:
+    """AlphasError unless every table of `alphas` is one of the supernet's, of its size."""
+    tables = arch_tables(graph)
+    if not tables:
+        raise AlphasError(f"`{graph.name}` has no architecture parameters: draw its supernet (relax=\"darts\")")
+    for k, v in alphas.items():
+        name = k.removeprefix("arch.")
+        if name not in tables:
+            raise AlphasError(f"the supernet has no table `{name}`; its tables: " + ", ".join(
+                f"{t} ({r} x {c})" for t, (r, c) in tables.items()))
+        rows = _rows(v)
+        r, c = tables[name]
+        if len(rows) != r or any(len(x) != c for x in rows):
+            got = f"{len(rows)} x {len(rows[0]) if rows else 0}"
+            raise AlphasError(f"table `{name}` is {got}, the supernet's is {r} x {c}: α of another network?")
+
+
 def _rows(t) -> list:
     """A table of architecture parameters as nested lists (a tensor, an array or lists)."""
     if hasattr(t, "detach"):

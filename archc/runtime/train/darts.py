@@ -131,8 +131,9 @@ class DartsCallback(Callback):
                  checkpoint: str | os.PathLike | None = None, total_epochs: int | None = None,
                  start_epoch: int = 0, arch_state: dict | None = None, genotypes: list | None = None,
                  history: list | None = None, train: Iterable | None = None,
-                 valid_position: tuple | None = None):
+                 valid_position: tuple | None = None, meta: dict | None = None):
         self.train = train
+        self.meta = meta
         self._valid_position = valid_position
         self.alphas = list(alphas)
         if not self.alphas:
@@ -285,6 +286,7 @@ class DartsCallback(Callback):
             "darts": asdict(self.cfg),
             "rng": {**_rng_state(), "loaders": {name: gen.get_state() for name, gen in self._generators()}},
             "valid_position": self._valid_iter.position() if self._valid_iter is not None else None,
+            "meta": self.meta,
         }
         tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -292,12 +294,22 @@ class DartsCallback(Callback):
         os.replace(tmp, self.checkpoint)
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint that belongs to another search than the one asked for."""
+
+
+def _differs(old: dict, new: dict) -> str:
+    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+    return ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys[:3])
+
+
 def _rng_state() -> dict:
     out = {"python": random.getstate(), "torch": torch.get_rng_state()}
     try:
         import numpy as np
 
-        out["numpy"] = np.random.get_state()
+        st = np.random.get_state()  # the key as a list: the checkpoint loads with weights_only=True
+        out["numpy"] = (st[0], st[1].tolist(), *st[2:])
     except ImportError:  # pragma: no cover
         pass
     return out
@@ -309,7 +321,8 @@ def _set_rng_state(s: dict) -> None:
     if "numpy" in s:
         import numpy as np
 
-        np.random.set_state(s["numpy"])
+        st = s["numpy"]
+        np.random.set_state((st[0], np.asarray(st[1], dtype=np.uint32), *st[2:]))
 
 
 class _Reseed(Callback):
@@ -332,14 +345,16 @@ def darts_search(model: nn.Module, train: Iterable, valid: Iterable, config: Tra
                  callbacks: Sequence[Callback] = (), loss_fn: Callable | None = None,
                  genotype_fn: Callable[[dict], Any] | None = None, checkpoint: str | os.PathLike | None = None,
                  resume: bool = True, arch_parameters: Sequence[nn.Parameter] | None = None,
-                 arch_names: Sequence[str] | None = None) -> DartsResult:
+                 arch_names: Sequence[str] | None = None, meta: dict | None = None) -> DartsResult:
     """Search: weights on `train`, α on `valid` (the bilevel problem's validation data).
 
     `config` is the weight side (default: the reference's SGD, lr 0.025, momentum 0.9,
     weight decay 3e-4, clip 5; its `epochs` is the search length); `darts` the
     architecture side. `evaluate_on` (default `valid`) is what `fit` evaluates the
     supernet on after each epoch. α are `model.arch_parameters()` (an rt.Supernet)
-    unless given. With `checkpoint`, progress is saved there and resumed from it.
+    unless given. With `checkpoint`, progress is saved there and resumed from it; `meta`
+    (what identifies the search, e.g. a plan's fingerprint) is saved with it, and a
+    checkpoint whose `meta` differs is refused (CheckpointMismatch) rather than resumed.
     """
     config = config or TrainConfig(epochs=50, optimizer="sgd", lr=0.025, momentum=0.9, weight_decay=3e-4,
                                    clip_grad=5.0)
@@ -364,10 +379,18 @@ def darts_search(model: nn.Module, train: Iterable, valid: Iterable, config: Tra
     ckpt_path = Path(checkpoint) if checkpoint else None
     if ckpt_path and resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if meta is not None and ckpt.get("meta") is not None and ckpt["meta"] != meta:
+            raise CheckpointMismatch(f"checkpoint {ckpt_path} is of another search ({_differs(ckpt['meta'], meta)}): "
+                                     "remove it or use another path")
         if ckpt.get("total_epochs") not in (None, config.epochs):
-            raise ValueError(f"checkpoint {ckpt_path} is of a {ckpt['total_epochs']}-epoch search, not "
-                             f"{config.epochs}: remove it or use another path")
-        model.load_state_dict(ckpt["model"])
+            raise CheckpointMismatch(f"checkpoint {ckpt_path} is of a {ckpt['total_epochs']}-epoch search, not "
+                                     f"{config.epochs}: remove it or use another path")
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:  # another network's weights
+            first = str(e).strip().splitlines()[0]
+            raise CheckpointMismatch(f"checkpoint {ckpt_path} is of another network ({first}): remove it or use "
+                                     "another path") from None
         opt.load_state_dict(ckpt["weights_optimizer"])
         start, arch_state = ckpt["epoch"], ckpt["arch_optimizer"]
         genotypes, history = ckpt.get("genotypes", []), ckpt.get("history", [])
@@ -377,7 +400,7 @@ def darts_search(model: nn.Module, train: Iterable, valid: Iterable, config: Tra
     cb = DartsCallback(arch_parameters, valid, darts, config, names=arch_names, loss_fn=loss_fn,
                        genotype_fn=genotype_fn, checkpoint=ckpt_path, total_epochs=config.epochs,
                        start_epoch=start, arch_state=arch_state, genotypes=genotypes, history=history,
-                       train=train, valid_position=position)
+                       train=train, valid_position=position, meta=meta)
     left = config.epochs - start
     if left <= 0:
         fit_result = FitResult({}, None, None, [], 0, 0, 0.0, "already done")
@@ -390,4 +413,4 @@ def darts_search(model: nn.Module, train: Iterable, valid: Iterable, config: Tra
                        time.perf_counter() - t0, start, cb.history)
 
 
-__all__ = ["DartsCallback", "DartsConfig", "DartsResult", "darts_search"]
+__all__ = ["CheckpointMismatch", "DartsCallback", "DartsConfig", "DartsResult", "darts_search"]
