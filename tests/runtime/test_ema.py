@@ -12,12 +12,7 @@ from archc.runtime.train import TrainConfig, fit
 SPECS = Path(archc.__file__).parent / "specs"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

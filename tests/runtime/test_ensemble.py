@@ -18,12 +18,7 @@ SPECS = Path(archc.__file__).parent / "specs"
 MEMBERS = ["m1", "m2", "m3"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

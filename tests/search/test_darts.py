@@ -39,14 +39,7 @@ def nb201_layouts(nb201):
     return cell_layouts(nb201, "NB201Search", args={"N": 1})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _alphas(rng: random.Random, rows: int, cols: int, groups=("normal", "reduce")) -> dict:

@@ -40,14 +40,7 @@ search Tiny for DartsSearch({SMALL}) {{
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _spec(folder: Path, text: str, name: str = "space.arch") -> Path:
