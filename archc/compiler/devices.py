@@ -39,6 +39,11 @@ CPU_RNG_STATE_BYTES = 5056
 ONEDNN_CHANNEL_BLOCK = 16
 # Below this many input channels oneDNN reads the plain NCHW input without a reorder.
 ONEDNN_PLAIN_INPUT_BELOW = 8
+# oneDNN's RNN workspace (PyTorch's CPU LSTM, one mkldnn_rnn_layer per layer and direction):
+# each region starts on a page, and GEMM operands' rows are padded to a multiple of 64 bytes
+# (one more such step when that is a multiple of 256 elements: rnn_utils' get_good_ld).
+ONEDNN_PAGE = 4096
+ONEDNN_ROW_ALIGN = 64
 
 
 def _cpu_threads() -> int:
@@ -71,6 +76,9 @@ class Device:
     workspace_bytes: int = 0  # library workspaces allocated through PyTorch's allocator
     dropout_mask_bytes: int | None = None  # per element; None: the input's dtype
     conv: Literal["onednn", "cudnn"] = "onednn"
+    # recurrent layers: "aten" (CPU: LSTM through oneDNN's RNN primitive, GRU and RNN as ATen's
+    # cells step by step) or "cudnn" (cuDNN's fused kernels and their reserve space)
+    rnn: Literal["aten", "cudnn"] = "aten"
     optimizer_impl: Literal["single", "foreach"] = "single"  # torch.optim's default here
     rng_state_bytes: int = 0  # device bytes a checkpoint segment keeps for RNG state
     autocast_fp32: frozenset = field(default_factory=frozenset)
@@ -101,7 +109,7 @@ class Device:
 def _cuda(name: str, mib: int, description: str) -> Device:
     return Device(name, "cuda", mib * MiB, description, alloc_round=CUDA_ALLOC_ROUND,
                   context_bytes=CUDA_CONTEXT_BYTES, workspace_bytes=CUBLAS_WORKSPACE_BYTES,
-                  dropout_mask_bytes=1, conv="cudnn", optimizer_impl="foreach", rng_state_bytes=0,
+                  dropout_mask_bytes=1, conv="cudnn", rnn="cudnn", optimizer_impl="foreach", rng_state_bytes=0,
                   autocast_fp32=CUDA_AUTOCAST_FP32, loss_casts_logits=False, attention_upcast=False)
 
 

@@ -103,3 +103,64 @@ def test_checkpointed_build_computes_the_same(case):
 def test_distinct_bytes_dedupes_views():
     t = torch.zeros(100)
     assert distinct_bytes([t, t[10:], t.view(10, 10), None]) == 400
+
+
+# -- the estimator against measurements on small models (seconds each) ----------------------------
+
+def _extended(name: str, **changes):
+    import dataclasses
+
+    return dataclasses.replace(next(c for c in M.EXTENDED + M.CASES if c.name == name), **changes)
+
+
+def _assert_on_target(r):
+    assert r["saved_est"] == pytest.approx(r["saved_meas"], rel=0.02), r
+    assert 0.97 <= r["peak_est"] / r["peak_meas"] <= 1.05, (r["peak_est"] / r["peak_meas"], r["peak_at"])
+    for what in ("params", "grads", "optimizer", "buffers"):
+        assert r[what][0] == r[what][1], (what, r[what])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cpu_recurrent_layers_match_measurement(cell):
+    """oneDNN's LSTM keeps a uint8 workspace per layer and direction; ATen's GRU cells keep
+    their gates per time step and free them as their backward runs."""
+    case = _extended("textrnn", dims={"B": 2, "T": 5}, args={"vocab": 32, "dim": 8, "hidden": 16, "cell": cell})
+    _assert_on_target(M.compare(case, "fp32", peer=False))
+
+
+@pytest.mark.parametrize("kw", [dict(T=5, B=3, F=10, H=8), dict(T=10, B=8, F=64, H=17), dict(T=3, B=2, F=20, H=64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_onednn_lstm_workspace_size(kw, dtype):
+    from archc.compiler.ops.recurrent import onednn_lstm_workspace
+
+    lstm = torch.nn.LSTM(kw["F"], kw["H"])
+    x = torch.randn(kw["T"], kw["B"], kw["F"], requires_grad=True)
+    seen = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t) or t, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype != torch.float32):
+            lstm(x)
+    (ws,) = [t for t in seen if t.dtype == torch.uint8]
+    assert ws.numel() == onednn_lstm_workspace(kw["T"], kw["B"], kw["F"], kw["H"], 2 if dtype != torch.float32 else 4)
+
+
+@pytest.mark.slow
+def test_strided_recurrent_outputs_are_copied_by_attention():
+    """Seq2Seq's attention reads the LSTMs' time-major outputs: each projection copies them."""
+    _assert_on_target(M.compare(_extended("seq2seq", dims={"B": 2, "S": 6, "T": 5}), "fp32", peer=False))
+
+
+def test_frozen_copy_of_a_trained_module_keeps_less():
+    """DCGAN: `frozen_disc` is an `ema` target (frozen) built like `disc`: its ops keep what
+    the input's gradient needs only, though they have the same attributes and shapes."""
+    _assert_on_target(M.compare(_extended("dcgan"), "fp32", peer=False))
+
+
+def test_lora_attention_keeps_only_what_gradients_need():
+    """BERT with frozen keys: the attention core keeps no scaled q for k's gradient."""
+    _assert_on_target(M.compare(_extended("bert"), "lora", peer=False))
+
+
+def test_accelerate_figure_is_four_times_the_parameters():
+    net = torch.nn.Linear(10, 10)
+    assert M.accelerate_training(net) == 4 * 110 * 4

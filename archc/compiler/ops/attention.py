@@ -268,9 +268,12 @@ class MultiHeadAttention(Op):
         grad = ctx.any_grad
         saved: list = []
         if grad:
-            saved.append(Saved.input(0, "input of the projections"))
-            if len(ins) > 1:
-                saved.append(Saved.input(1, "input of the key/value projections"))
+            # a strided input (a recurrent layer's time-major outputs) is copied by each linear reading it
+            reads = ([1, 2 if a.layout == "separate" else 1] if len(ins) > 1
+                     else [3 if a.layout == "separate" else 1])
+            for i, n in enumerate(reads):
+                saved += ([Saved.input(i, "input of the projections")] if ctx.contiguous(i) else
+                          [Saved.new(ctx.in_bytes(i), "contiguous copy of the projections' input")] * n)
             names = {"separate": ["q_proj.weight", "k_proj.weight", "v_proj.weight"], "fused": ["qkv.weight"],
                      "torch": ["in_proj_weight"]}[a.layout]
             saved += [Saved.param(n) for n in names] + [Saved.param(f"{out}.weight")]
@@ -339,12 +342,21 @@ def _sdpa(ctx, a, b, t, s, d, dk, dtype, refs):
         return saved, 0, bwd, True
     up = 4 if ctx.device is not None and ctx.device.attention_upcast and dsz < 4 else dsz
     probs = b * h * t * s * up
-    saved = [Saved.new(b * t * d * up, "q scaled by sqrt(scale)"), Saved.new(b * s * d * up, "k scaled by sqrt(scale)"),
-             Saved.new(probs, "attention probabilities")]
-    if a.dropout > 0 and ctx.training:
+    # each product keeps the operand the other's gradient needs (the `attention` op knows which
+    # of q, k, v need one; inside `mha` all do)
+    gq, gk, gv = ctx.requires_grad if len(ctx.requires_grad) == 3 else [True] * 3
+    scores = gq or gk
+    saved = ([Saved.new(b * t * d * up, "q scaled by sqrt(scale)")] if gk else []) + \
+        ([Saved.new(b * s * d * up, "k scaled by sqrt(scale)")] if gq else [])
+    dropout = a.dropout > 0 and ctx.training
+    if scores or (gv and not dropout):
+        saved.append(Saved.new(probs, "attention probabilities"))
+    if dropout:
         mask = b * h * t * s * (ctx.device.dropout_mask_bytes if ctx.device and ctx.device.dropout_mask_bytes else up)
-        saved += [Saved.new(mask, "dropout mask over the probabilities"), Saved.new(probs, "dropped probabilities")]
-    saved.append(Saved.new(b * s * d * up, "contiguous copy of v"))
+        saved += ([Saved.new(mask, "dropout mask over the probabilities")] if scores else []) + \
+            ([Saved.new(probs, "dropped probabilities")] if gv else [])
+    if scores:
+        saved.append(Saved.new(b * s * d * up, "contiguous copy of v"))
     causal = 3 * t * s if a.causal else 0  # the boolean mask and its additive form
     fwd = max(probs + causal, b * t * d * up + (b * t * d * dsz if up != dsz else 0))
     if up != dsz:

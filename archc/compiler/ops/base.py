@@ -220,6 +220,8 @@ class Footprint:
     the storage of output j's gradient (the op passes it through or slices it).
     `differentiable=False`: the outputs never need gradients (zeros_like).
     `strides`: the strides of outputs that are not contiguous (views of transposes).
+    `frees_saved`: the backward releases the saved tensors before it allocates the input
+    gradients (a composite unrolled over time frees each step's tensors as it goes).
     """
 
     views: dict[int, int] = field(default_factory=dict)
@@ -228,6 +230,7 @@ class Footprint:
     grad_views: dict[int, int] = field(default_factory=dict)
     differentiable: bool = True
     strides: dict[int, tuple] = field(default_factory=dict)
+    frees_saved: bool = False
 
 
 @dataclass

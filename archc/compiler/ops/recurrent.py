@@ -56,6 +56,30 @@ def _norm_dim(d: int, x: TensorType, what: str) -> int:
 
 # -- rnn, lstm, gru ----------------------------------------------------------------------
 
+def onednn_lstm_workspace(t: Dim, b: Dim, width: int, hidden: int, s: int) -> Dim:
+    """Bytes of the workspace oneDNN's LSTM (one layer and direction, training) hands PyTorch
+    to keep for backward: T steps, batch B, input width F, data type of `s` bytes. Its regions
+    (rnn_utils::set_workspace_sizes, set_offsets), each from a page boundary: gates [T, B, 4H]
+    and h [T, B, H] in the data type; states [2, T+1, B, max(F, H)] in the data type and c
+    states [2, T+1, B, H] in c_0's; two diff states [2, T+1, B, max(F, H)] and the diff c
+    states [2, T+1, B, H] in float32."""
+    from ..devices import ONEDNN_PAGE, ONEDNN_ROW_ALIGN
+
+    def ld(n: int, size: int) -> int:  # get_good_ld: rows to 64 bytes, not a multiple of 256
+        step = ONEDNN_ROW_ALIGN // size
+        n = -(-n // step) * step
+        return n + step if n % 256 == 0 else n
+
+    def page(n: Dim) -> Dim:
+        return -(-n // ONEDNN_PAGE) * ONEDNN_PAGE if isinstance(n, int) else n
+
+    wide, states = max(width, hidden), 2 * (t + 1) * b
+    return (page(t * b * ld(4 * hidden, s) * s) + page(t * b * ld(hidden, s) * s)
+            + page(states * ld(wide, s) * s) + page(states * hidden * s)
+            + 2 * page(states * ld(wide, 4) * 4) + page(states * hidden * 4))
+
+
+
 class RecurrentAttrs(Attrs):
     hidden: int
     layers: int = 1
@@ -191,11 +215,58 @@ class Recurrent(Op):
         call = "{m}({0}, {1})" if len(ins) > 1 else "{m}({0})"
         return Module(self._target(), (f, a.hidden), self._kwargs(a), call=call)
 
-    # memory: an estimate of what the CPU kernels keep (not measured): the input, each layer's
-    # gate activations and cell states over time, and the outputs of the layers below the last
+    # -- memory (docs/memory.md, "Recurrent layers"); `ctx.device.rnn` picks the rule ------------
+    steps_saved = 1  # ATen's cells: activations kept per time step, in units of B·hidden
+    copy_per_direction = True  # each direction copies the first layer's input (oneDNN's LSTM: one copy)
+
     def saved(self, a, ins, outs, ctx):
         if not ctx.any_grad:
             return []
+        if ctx.device is not None and ctx.device.rnn == "cudnn":
+            return self._saved_cudnn(a, ins, outs)
+        f, d = self._check(a, ins)
+        x = ins[0]
+        b, t, h, s = x.shape[0], x.shape[1], a.hidden, dtype_bytes(x.dtype)
+        out = [Saved.param(name) for name in self.params(a, ins)]  # autocast keeps the casts
+        # h_0 (and c_0): zeros [layers·D, B, hidden] unless given
+        out.append(Saved.input(1) if len(ins) > 1 else
+                   Saved.new((2 if self.stacked else 1) * a.layers * d * b * h * s, "zero initial state"))
+        for k, width in enumerate(self._inputs(a, f, d)):
+            if k < a.layers - 1:  # the next layer's input
+                if a.dropout:
+                    out.append(Saved.new(2 * t * b * d * h * s, "dropout mask and dropped outputs"))
+                elif d == 2:
+                    out.append(Saved.new(t * b * d * h * s, "both directions' outputs, concatenated"))
+                elif not self.stacked:
+                    out.append(Saved.new(t * b * h * s, "the layer's outputs, stacked"))
+            for j in range(d):
+                first = k == 0 and (j == 0 or self.copy_per_direction)
+                out += self._saved_layer(a, b, t, width, s, first, last=k == a.layers - 1 and d == 1)
+        return out
+
+    def footprint(self, a, ins, outs, ctx):
+        # torch runs time-major: the outputs [B, T, D·hidden] are a transposed view of [T, B, D·hidden]
+        b, t, w = outs[0].shape
+        if not (ctx.any_grad and ctx.device is not None and ctx.device.rnn == "aten" and not self.stacked):
+            return Footprint(strides={0: (w, b * w, 1)})
+        # ATen's cells (CPU rnn, gru) run step by step and their backward frees each step's tensors
+        # as it goes: at its high point the top layer's steps are still held, with every gradient
+        f, d = self._check(a, ins)
+        top = d * (self.steps_saved * t - (self.steps_saved > 1)) * b * a.hidden * dtype_bytes(ins[0].dtype)
+        return Footprint(strides={0: (w, b * w, 1)}, frees_saved=True, bwd_peak=top)
+
+    def _saved_layer(self, a, b, t, width, s, first: bool, last: bool) -> list[Saved]:
+        """What one layer and direction keeps on the CPU. ATen's cells (rnn, gru): the input as a
+        time-major [T·B, F] copy (first layer; later layers keep the layer below's outputs) and
+        `steps_saved` B·hidden per time step."""
+        h = a.hidden
+        out = [Saved.new(t * b * width * s, "the input, time-major (a copy)")] if first else []
+        return out + [Saved.new((self.steps_saved * t - (self.steps_saved > 1)) * b * h * s,
+                                "gate activations over time")]
+
+    def _saved_cudnn(self, a, ins, outs) -> list[Saved]:
+        """cuDNN keeps the input, the output, h_0 (c_0) and its reserve space: each layer's gate
+        activations and states over time (an estimate, not measured)."""
         f, d = self._check(a, ins)
         x = ins[0]
         bt = x.shape[0] * x.shape[1]
@@ -203,9 +274,9 @@ class Recurrent(Op):
         cells = 2 if self.stacked else 1
         gates = a.layers * d * bt * (self.gates + cells) * a.hidden * per
         between = (a.layers - 1) * bt * d * a.hidden * per
-        out = [Saved.input(0), Saved.output(0), Saved.new(gates, "gate activations and states over time")]
+        out = [Saved.input(0), Saved.output(0), Saved.new(gates, "reserve space: gate activations and states")]
         if between:
-            out.append(Saved.new(between, "outputs of the lower layers"))
+            out.append(Saved.new(between, "reserve space: outputs of the lower layers"))
         return out
 
 
@@ -242,12 +313,29 @@ class LSTM(Recurrent):
     def _target(self):
         return LSTM_MODULE
 
+    copy_per_direction = False
+
+    def _saved_layer(self, a, b, t, width, s, first: bool, last: bool) -> list[Saved]:
+        """oneDNN's LSTM layer (mkldnn_rnn_layer) keeps its input (the first layer's as a
+        time-major copy; later layers' is the layer below's output), its output (the op's
+        own output for the last layer of a unidirectional LSTM), h_n and c_n, and a uint8
+        workspace."""
+        h = a.hidden
+        out = [Saved.new(t * b * width * s, "the input, time-major (a copy)")] if first else []
+        out.append(Saved.output(0) if last else Saved.new(t * b * h * s, "the layer's outputs"))
+        out.append(Saved.new(2 * b * h * s, "h_n and c_n"))
+        out.append(Saved.new(onednn_lstm_workspace(t, b, width, h, s), "oneDNN workspace"))
+        return out
+
 
 @register
 class GRU(Recurrent):
     name = "gru"
     gates = 3
     torch_class = "nn.GRU"
+    # per step: the hidden projection holding the sigmoid gates (3), tanh's output (1), two
+    # clones for the in-place products (2) and the new hidden state, except the last (1)
+    steps_saved = 7
     doc = ("GRU over [B, T, F] (nn.GRU, batch_first): `gru(hidden, layers=1, bidirectional=false, "
            "dropout=0.0, bias=true, state=none)` -> (outputs [B, T, D·hidden], h_n [layers·D, B, hidden]). "
            "Parameters are torch.nn.GRU's. FLOPs: 2·B·T·3·hidden·(in + hidden) per layer and direction.")

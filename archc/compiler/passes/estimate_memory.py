@@ -35,6 +35,7 @@ from ..dims import Sym
 from ..ir import Graph, Node, TensorType
 from ..ops import REGISTRY
 from ..ops.base import Footprint, MemoryContext, Op, Saved, contiguous_strides, dtype_bytes, is_float
+from ..ops.stochastic import ema_pairs
 
 LOW = {"fp16": "float16", "bf16": "bfloat16", "fp16-mixed": "float16", "bf16-mixed": "bfloat16"}
 # Ops that combine their input with their own parameter by plain arithmetic, so the result
@@ -429,7 +430,11 @@ class _Model:
                 for name, shape in op.buffers(n.attrs, ins).items():
                     self.buffer_shape[f"{n.path}.{name}"] = tuple(shape)
             self.node_params[n.id] = mine
-        self.trainable = {k: not self.param_owner[k].meta.get("frozen", False) for k in self.param_shape}
+        # an `ema` target is frozen by the runtime (archc.runtime.ema.init) and moved by averaging
+        targets = tuple(t for t, _, _ in ema_pairs(g))
+        self.trainable = {k: not (self.param_owner[k].meta.get("frozen", False) or
+                                  any(k == t or k.startswith(t + ".") for t in targets))
+                          for k in self.param_shape}
         # parameters the loss's backward never reaches (a pooler beside the first output) get no
         # gradient, and so no optimizer state either
         if g.outputs:
@@ -545,7 +550,7 @@ class _Model:
                 op_in = in_t
                 casts = None
             outs = [TensorType(sub(t).shape, out_dtype if is_float(t.dtype) else t.dtype) for t in n.outputs]
-            ck = (st_key, tuple(op_in), tuple(outs), tuple(in_rg), tuple(op_st), training)
+            ck = (st_key, tuple(op_in), tuple(outs), tuple(in_rg), weights_grad, inplace, tuple(op_st), training)
             hit = cache.get(ck)
             if hit is None:
                 wdt = low if cast_w else param_dtype
@@ -593,6 +598,7 @@ class _Model:
             pl.views, pl.saved = fp.views, sv
             pl.fwd, pl.bwd = int(fp.fwd_peak), int(fp.bwd_peak)
             pl.grad_views = fp.grad_views
+            pl.frees_saved = fp.frees_saved
             pl.in_rg, pl.out_rg = in_rg, out_rg
             pl.in_grad = in_rg
             pl.cast_w = cast_w
@@ -753,7 +759,7 @@ class _Plan:
     """One node's memory behaviour for one binding of the dims, as plain numbers."""
 
     __slots__ = ("nid", "node", "ins", "casts", "in_bytes", "prod_bytes", "out_bytes", "out_types", "op_in", "views",
-                 "saved", "fwd", "bwd", "grad_views", "in_rg", "out_rg", "in_grad", "cast_w", "params", "seg",
+                 "saved", "fwd", "bwd", "grad_views", "frees_saved", "in_rg", "out_rg", "in_grad", "cast_w", "params", "seg",
                  "fwd_at", "bwd_at", "rec_at")
 
 
@@ -1304,16 +1310,6 @@ class _Sim:
     def node_backward(self, pl: _Plan, got: list) -> None:
         m, L, c = self.m, self.live, self.c
         grads = self.grads
-        new_grads: dict[int, int] = {}
-        for i, needed in enumerate(pl.in_rg):  # gradients of the inputs
-            if not needed:
-                continue
-            j = pl.grad_views.get(i)
-            if j is not None and j < len(got) and got[j] is not None:
-                L.ref(got[j])
-                new_grads[i] = got[j]
-            else:
-                new_grads[i] = L.alloc(pl.in_bytes[i], "gradient buffers")
         pending: list[tuple[str | None, int]] = []
         transient: list[int] = []
         for name, key, trainable, op_bytes, final_bytes in pl.params:  # gradients of the parameters
@@ -1330,6 +1326,19 @@ class _Sim:
                 pending.append((key, final_bytes))
             else:
                 self.grad_sid[key] = L.alloc(final_bytes, "gradients")
+        if pl.frees_saved:  # unrolled over time: saved tensors go as the steps' backward runs (the
+            for sid in self.saved_by.pop(pl.nid, ()):  # op's bwd_peak says what is left at the high point)
+                L.unsave(sid)
+        new_grads: dict[int, int] = {}
+        for i, needed in enumerate(pl.in_rg):  # gradients of the inputs
+            if not needed:
+                continue
+            j = pl.grad_views.get(i)
+            if j is not None and j < len(got) and got[j] is not None:
+                L.ref(got[j])
+                new_grads[i] = got[j]
+            else:
+                new_grads[i] = L.alloc(pl.in_bytes[i], "gradient buffers")
         L.check(pl.bwd_at, pl.bwd)
         if self.detail:
             r = self.nm(pl.node)
