@@ -39,6 +39,18 @@ CPU_RNG_STATE_BYTES = 5056
 ONEDNN_CHANNEL_BLOCK = 16
 # Below this many input channels oneDNN reads the plain NCHW input without a reorder.
 ONEDNN_PLAIN_INPUT_BELOW = 8
+# oneDNN's GEMM weight-gradient convolution (the fallback for a 3-D kernel at least as deep
+# as its front-padded input) books its float32 reduction buffer as `weight bytes` floats per
+# thread: 4x the weight's bytes each; threads split the batch when H_out x W_out per thread
+# is below ONEDNN_GEMM_OUTER_BELOW; each scratchpad entry carries ONEDNN_SCRATCH_ALIGN bytes.
+ONEDNN_GEMM_WEI_REDUCTION = 4
+ONEDNN_GEMM_OUTER_BELOW = 256
+ONEDNN_SCRATCH_ALIGN = 128
+# Half-precision convolution forward (oneDNN's brgemm kernels on AMX/AVX-512): a scratchpad of
+# about this many bytes per thread (accumulators and tile buffers), measured on PyTorch 2.14:
+# 72 KiB with a spatial kernel (64 to 512 channels, 3x3), 16 KiB for a 1x1 convolution.
+ONEDNN_BRGCONV_SCRATCH = 72 * 1024
+ONEDNN_BRGCONV_SCRATCH_1X1 = 16 * 1024
 # oneDNN's RNN workspace (PyTorch's CPU LSTM, one mkldnn_rnn_layer per layer and direction):
 # each region starts on a page, and GEMM operands' rows are padded to a multiple of 64 bytes
 # (one more such step when that is a multiple of 256 elements: rnn_utils' get_good_ld).
@@ -57,10 +69,25 @@ def _cpu_threads() -> int:
 # Ops PyTorch's autocast runs in the low-precision dtype (both device kinds):
 # convolutions, matrix products and scaled_dot_product_attention.
 AUTOCAST_LOW = frozenset({"conv", "conv_transpose", "linear", "matmul", "attention", "mha"})
+# CPU autocast also lists mkldnn_rnn_layer (the LSTM: inputs, h_0/c_0 and weights cast, the
+# outputs in 16 bits), and ATen's RNN cells run their linears in 16 bits, so the hidden state
+# becomes 16-bit after the first step (`rnn`). ATen's GRU cell mixes: its linears take 16-bit
+# casts of the weights (cached) and of the input and hidden state, but `(h - n) * z + n`
+# promotes back to float32, so its outputs stay float32 (`gru`: weights cast only).
+# ConvLSTM's gate convolution (both device kinds) casts its weight; the cell's arithmetic
+# runs in whatever dtype its input and state have.
+CPU_AUTOCAST_LOW = AUTOCAST_LOW | {"lstm", "rnn"}
+AUTOCAST_WEIGHTS = frozenset({"conv_lstm"})
+CPU_AUTOCAST_WEIGHTS = AUTOCAST_WEIGHTS | {"gru"}
 # Ops CUDA autocast runs in float32 (layer_norm, group_norm: inputs cast to fp32;
 # softmax/log_softmax: fp32 output). CPU autocast has no such list for these ops:
 # they run in whatever dtype their input has.
 CUDA_AUTOCAST_FP32 = frozenset({"layernorm", "groupnorm", "rmsnorm", "softmax"})
+# CPU autocast's float32 list has the 3-D pools (max_pool3d, avg_pool3d, adaptive_avg_pool3d,
+# adaptive_max_pool3d): their 16-bit input is cast to float32 (the cast is what they keep)
+# and their output is float32. "op/rank" names an op by its input rank.
+CPU_AUTOCAST_FP32 = frozenset({"max_pool/5", "avg_pool/5", "adaptive_avg_pool/5", "adaptive_max_pool/5",
+                               "global_avg_pool/5"})
 
 
 @dataclass(frozen=True)
@@ -86,6 +113,8 @@ class Device:
     attention_upcast: bool = False  # the math attention path computes half inputs in fp32
     attention: Literal["auto", "fused", "composite"] = "auto"  # how attention runs
     threads: int = 1  # CPU threads (per-thread scratch buffers)
+    autocast_low: frozenset = AUTOCAST_LOW  # ops autocast runs in 16 bits (inputs and weights cast)
+    autocast_weights: frozenset = AUTOCAST_WEIGHTS  # ops whose weights autocast casts, inputs and outputs kept
 
     def attention_kernel(self, dropout: float, training: bool) -> str:
         """"fused" (a flash / memory-efficient kernel: saves q, k, v, output and
@@ -116,7 +145,8 @@ def _cuda(name: str, mib: int, description: str) -> Device:
 # Memory as nvidia-smi reports it ("MiB total").
 DEVICES: dict[str, Device] = {d.name: d for d in [
     Device("cpu", "cpu", None, "the host CPU (PyTorch's CPU allocator: no rounding; oneDNN convolutions)",
-           rng_state_bytes=CPU_RNG_STATE_BYTES, attention_upcast=True, threads=_cpu_threads()),
+           rng_state_bytes=CPU_RNG_STATE_BYTES, attention_upcast=True, threads=_cpu_threads(),
+           autocast_low=CPU_AUTOCAST_LOW, autocast_weights=CPU_AUTOCAST_WEIGHTS, autocast_fp32=CPU_AUTOCAST_FP32),
     _cuda("t4-16gb", 15360, "NVIDIA T4 16 GB"),
     _cuda("v100-16gb", 16384, "NVIDIA V100 16 GB"),
     _cuda("a4000-16gb", 16376, "NVIDIA RTX A4000 16 GB"),

@@ -62,13 +62,13 @@ class ConvLSTM(nn.Module):
         return h, c
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
-        b, _, t, hgt, wid = x.shape
+        b, _, _, hgt, wid = x.shape
         if state is None:
             h = c = x.new_zeros(b, self.hidden, hgt, wid)
         else:
             h, c = state[0], state[1]
         outs = []
-        for k in range(t):
-            h, c = self.step(x[:, :, k], h, c)
+        for x_t in x.unbind(2):  # one backward node for all frames: their gradients stacked once, not
+            h, c = self.step(x_t, h, c)  # a zero-filled input-sized gradient per frame, summed
             outs.append(h)
         return torch.stack(outs, dim=2), torch.stack((h, c))

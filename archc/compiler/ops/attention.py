@@ -266,16 +266,34 @@ class MultiHeadAttention(Op):
         out = a.out_name or _DEFAULT_OUT[a.layout]
         q_b, kv_b = b * t * d * dsz, b * s * dk * dsz
         grad = ctx.any_grad
+        rg = list(ctx.requires_grad) + [True] * (len(ins) - len(ctx.requires_grad))
+        rg_x, rg_s = rg[0], rg[-1]  # the queries' input, the keys' and values' input
+        wg = ctx.weights_grad
         saved: list = []
         if grad:
-            # a strided input (a recurrent layer's time-major outputs) is copied by each linear reading it
+            # as `linear`: each projection keeps its input if its weight needs a gradient (a
+            # strided input, such as a recurrent layer's time-major outputs, is copied by each
+            # linear reading it; autocast casts a wider input anew for each), and its weight
+            # if its input needs one
             reads = ([1, 2 if a.layout == "separate" else 1] if len(ins) > 1
                      else [3 if a.layout == "separate" else 1])
-            for i, n in enumerate(reads):
-                saved += ([Saved.input(i, "input of the projections")] if ctx.contiguous(i) else
-                          [Saved.new(ctx.in_bytes(i), "contiguous copy of the projections' input")] * n)
-            names = {"separate": ["q_proj.weight", "k_proj.weight", "v_proj.weight"], "fused": ["qkv.weight"],
-                     "torch": ["in_proj_weight"]}[a.layout]
+            for i, n in enumerate(reads if wg else []):
+                if not ctx.contiguous(i):
+                    saved += [Saved.new(ctx.in_bytes(i), "contiguous copy of the projections' input")] * n
+                else:
+                    saved.append(Saved.input(i, "input of the projections"))
+                    if i < len(ctx.casts) and ctx.casts[i]:
+                        saved += [Saved.new(ctx.in_bytes(i), "autocast's copy of the projections' input")] * (n - 1)
+            if a.layout == "separate":
+                names = (["q_proj.weight"] if rg_x else []) + (["k_proj.weight", "v_proj.weight"] if rg_s else [])
+            else:  # one weight; cross-attention slices it (under autocast each slice is cast anew)
+                w = {"fused": "qkv.weight", "torch": "in_proj_weight"}[a.layout]
+                names = [w] if rg_x and rg_s else []
+                if len(ins) > 1 and rg_x != rg_s and ctx.weight_casts:
+                    saved.append(Saved.new(ctx.param_bytes(w) * (d if rg_x else 2 * dk) // (d + 2 * dk),
+                                           "autocast's copy of the in-projection's slice"))
+                elif rg_x or rg_s:
+                    names = [w]
             saved += [Saved.param(n) for n in names] + [Saved.param(f"{out}.weight")]
         fused_proj = a.layout != "separate" and len(ins) == 1
         if a.rope is not None:  # q and k rotated: new tensors; cos and sin kept
@@ -290,7 +308,8 @@ class MultiHeadAttention(Op):
             proj = [Saved.new(q_b, "q (projection)"), Saved.new(kv_b, "k (projection)"),
                     Saved.new(kv_b, "v (projection)")]
             rope_tmp = 0
-        core, fwd, bwd, out_view = _sdpa(ctx, a, b, t, s, d, dk, x.dtype, [])
+        core, fwd, bwd, out_view = _sdpa(ctx, a, b, t, s, d, dk, x.dtype, [],
+                                         need=(rg_x or wg, rg_s or wg, rg_s or wg))
         core = [Saved.new(q_b, "attention output (input of the output projection)") if c.kind == "output" else c
                 for c in core]
         kernel = ctx.device.attention_kernel(a.dropout, ctx.training) if ctx.device is not None else "fused"
@@ -306,20 +325,64 @@ class MultiHeadAttention(Op):
             att_out = []  # the core's output (kept by the core) is the output projection's input
         else:
             att_out = [Saved.new(q_b, "merged heads (input of the output projection)")]
+        if grad and not wg:  # a frozen output projection keeps no input
+            fwd += sum(p.bytes for p in att_out)
+            att_out = []
         if not grad:
             fwd += sum(p.bytes for p in saved_core + att_out)
-            return [], fwd + rope_tmp, 0
-        return saved + saved_core + att_out, fwd + rope_tmp, bwd + q_b + 2 * kv_b
+            return [], fwd + rope_tmp, 0, False
+        if kernel == "fused":
+            return saved + saved_core + att_out, fwd + rope_tmp, bwd + q_b + 2 * kv_b, False
+        # the math path's backward runs node by node, freeing what each kept: its high point
+        # is one of (a) the output projection's, (b) the core's first product (the incoming
+        # gradient, float32 under the CPU's upcast, v's gradient and the probabilities'), (c)
+        # the in-projections' (q, k, v's gradients, concatenated for a fused layout, the
+        # input's, the weights'). The node's saved tensors are released before the input
+        # gradients (frees_saved), so bwd_peak is that high point above the node's gradients.
+        cast = ctx.weight_casts
+        par = {n: ctx.param_bytes(n) for n in ctx.params}
+        pw = lambda n: par.get(n, 0) * (2 if cast else 1)  # noqa: E731 (float32 .grad under autocast)
+        held = saved + saved_core + att_out
+        shared = [i for i in range(1, len(ins))]  # `kv` (an encoder's output) is kept by other layers too
+        s_act = sum(x.bytes for x in held if x.kind == "new") + \
+            sum(ctx.in_bytes(x.index) for x in held if x.kind == "input" and x.index not in shared) + \
+            (sum(par.get(x.name, 0) for x in held if x.kind == "param") if cast else 0)
+        s_proj = s_act - sum(x.bytes for x in saved_core + att_out)
+        s_att = sum(x.bytes for x in att_out)
+        p_g = sum(par.values()) if wg else 0
+        o_names = [f"{out}.weight"] + ([f"{out}.bias"] if a.bias else [])
+        w_o = sum(par.get(n, 0) for n in o_names) if wg else 0
+        w_o_fin = sum(pw(n) for n in o_names) if wg else 0
+        dx = (ctx.in_bytes(0) if rg_x else 0) + (ctx.in_bytes(1) if len(ins) > 1 and rg_s else 0)
+        up = 4 if ctx.device is not None and ctx.device.attention_upcast and dsz < 4 else dsz
+        probs = b * a.heads * t * s * up
+        core1 = (b * t * d * up if up != dsz else 0) + b * s * d * up + probs
+        qkv = q_b + 2 * kv_b
+        high = max(s_act + w_o + q_b,
+                   s_act - s_att - q_b + w_o_fin + q_b + core1,
+                   s_proj + w_o_fin - q_b + (2 * qkv if fused_proj else qkv) + dx + (p_g - w_o))
+        # forward: the projections (q, k, v) stay until the node ends; its high point is the
+        # softmax (the scores, k transposed, the probabilities and safe_softmax's boolean
+        # test, besides the kept copies) or the end (everything kept, the heads' output and
+        # its merged copy, the output projection's result)
+        kept_core = sum(x.bytes for x in saved_core)
+        new_proj = sum(x.bytes for x in saved if x.kind == "new")
+        cp = (q_b + 2 * kv_b) * up // dsz if up != dsz else 0  # float32 copies of q, k, v
+        causal = 3 * t * s if a.causal else 0
+        m1 = cp + b * t * d * up + 2 * b * s * d * up + b * s * d * up + 2 * probs + probs // up + causal
+        m2 = kept_core + q_b * up // dsz + (q_b if up != dsz else 0) + 2 * q_b
+        fwd = qkv + rope_tmp + max(m1, m2) - kept_core - sum(x.bytes for x in att_out) - q_b
+        return held, max(0, fwd), max(0, high - p_g - dx), True
 
     def saved(self, a, ins, outs, ctx):
         return self._memory(a, ins, ctx)[0]
 
     def footprint(self, a, ins, outs, ctx):
-        _, fwd, bwd = self._memory(a, ins, ctx)
-        return Footprint(fwd_peak=fwd, bwd_peak=bwd)
+        _, fwd, bwd, frees = self._memory(a, ins, ctx)
+        return Footprint(fwd_peak=fwd, bwd_peak=bwd, frees_saved=frees)
 
 
-def _sdpa(ctx, a, b, t, s, d, dk, dtype, refs):
+def _sdpa(ctx, a, b, t, s, d, dk, dtype, refs, need=None):
     """Memory of scaled_dot_product_attention over q [b, t, d] and k, v [b, s, dk] split into
     heads: (saved, fwd_peak, bwd_peak, output_is_saved_view).
 
@@ -344,7 +407,7 @@ def _sdpa(ctx, a, b, t, s, d, dk, dtype, refs):
     probs = b * h * t * s * up
     # each product keeps the operand the other's gradient needs (the `attention` op knows which
     # of q, k, v need one; inside `mha` all do)
-    gq, gk, gv = ctx.requires_grad if len(ctx.requires_grad) == 3 else [True] * 3
+    gq, gk, gv = need if need is not None else ctx.requires_grad if len(ctx.requires_grad) == 3 else [True] * 3
     scores = gq or gk
     saved = ([Saved.new(b * t * d * up, "q scaled by sqrt(scale)")] if gk else []) + \
         ([Saved.new(b * s * d * up, "k scaled by sqrt(scale)")] if gq else [])

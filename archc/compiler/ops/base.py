@@ -252,6 +252,8 @@ class MemoryContext:
     strides: list[tuple] = field(default_factory=list)
     inplace: bool = False
     params: dict = field(default_factory=dict)  # name -> (shape, dtype) of the op's parameters
+    casts: list = field(default_factory=list)  # casts[i]: input i is autocast's copy (made anew at each use)
+    weight_casts: bool = False  # the parameters the op uses are autocast's 16-bit copies of float32 ones
 
     @property
     def any_grad(self) -> bool:

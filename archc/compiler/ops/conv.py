@@ -5,7 +5,8 @@ from typing import Literal
 
 from ..dims import Dim, numel
 from ..ir import TensorType
-from .base import Attrs, Footprint, Module, Op, Saved, ShapeError, expect_rank, register, static_int
+from .base import (Attrs, Footprint, Module, Op, Saved, ShapeError, dtype_bytes, expect_rank, register,
+                   static_int)
 
 IntOrList = int | tuple[int, ...]
 
@@ -112,8 +113,15 @@ class Conv(Op):
     def footprint(self, a, ins, outs, ctx):
         if ctx.device is None or ctx.device.conv != "onednn":
             return Footprint()  # cuDNN: its workspace is not modelled (docs/memory.md)
-        _, cin, _, _, _ = self._geom(a, ins[0])
-        return _onednn(ctx, cin, a.out, a.groups)
+        n, cin, ks, _, ds = self._geom(a, ins[0])
+        fp = _onednn(ctx, cin, a.out, a.groups, numel(ks))
+        x, y = ins[0], outs[0]
+        if n == 3 and ctx.weights_grad and a.groups == 1 and ctx.ins[0].dtype == "float32":
+            pads = per_axis(0 if a.padding == "valid" else a.padding, n, "padding", "conv") \
+                if a.padding != "same" else tuple(d * (k - 1) // 2 for k, d in zip(ks, ds))
+            if pads[0] > 0 and ks[0] >= static_int(x.shape[2], "conv's input depth") + pads[0]:
+                fp = _gemm_weight_grad(ctx, fp, cin, ks, y)
+        return fp
 
 
 class ConvTransposeAttrs(Attrs):
@@ -186,7 +194,33 @@ class ConvTranspose(Op):
         return Footprint(fwd_peak=i + o + w, bwd_peak=i + o)
 
 
-def _onednn(ctx, cin: int, cout: int, groups: int) -> Footprint:
+def _gemm_weight_grad(ctx, fp: Footprint, cin: int, ks: tuple[int, ...], y: TensorType) -> Footprint:
+    """A 3-D convolution whose kernel is at least as deep as its padded-at-the-front input
+    (kd >= id + front padding: 3x3x3 over 2 frames) is refused by oneDNN's direct (jit)
+    weight-gradient kernel and falls back to its GEMM one (x64:gemm:jit), on the plain
+    layouts (no input or output reorder) but with a scratchpad: a float32 reduction buffer
+    booked per thread as `weight bytes` floats (ONEDNN_GEMM_WEI_REDUCTION times the weight's
+    bytes) and a per-thread im2col column of C_in x kernel volume x (H_out x W_out), one
+    pad per entry. Threads split the batch only when the output plane is small (outer
+    threading: H_out x W_out / threads < 256 and B > 1), else one thread does all. (Half
+    precision takes oneDNN's brgemm kernels instead: this is float32 only.)"""
+    from ..devices import ONEDNN_GEMM_OUTER_BELOW as outer_below, ONEDNN_GEMM_WEI_REDUCTION as red
+    from ..devices import ONEDNN_SCRATCH_ALIGN as align
+
+    B, os_ = static_int(y.shape[0], "conv's batch"), numel(y.shape[3:])
+    threads = getattr(ctx.device, "threads", 1) or 1
+    nthr = threads if B != 1 and os_ // threads < outer_below else 1
+    w = ctx.param_bytes("weight")
+    col = nthr * cin * numel(ks) * os_ * dtype_bytes(ctx.ins[0].dtype)
+    scratch = nthr * red * w + col + 2 * align
+    # the weight gradient (oneDNN's, plain) lives with the scratchpad, then the copy into .grad
+    held = ctx.in_bytes(0) if ctx.requires_grad[0] else 0
+    p2 = held + w + max(scratch, w)
+    leaves = held + w
+    return Footprint(views=fp.views, fwd_peak=fp.fwd_peak, bwd_peak=max(fp.bwd_peak, p2 - leaves))
+
+
+def _onednn(ctx, cin: int, cout: int, groups: int, kvol: int = 1) -> Footprint:
     """PyTorch's CPU convolution (oneDNN), as measured: it reorders the plain NCHW input
     and weight into channel-blocked layouts (input channels padded to the block unless
     there are fewer than 8), computes a blocked output (output channels padded) and
@@ -196,6 +230,8 @@ def _onednn(ctx, cin: int, cout: int, groups: int) -> Footprint:
 
     def up(c):
         return -(-c // blk) * blk
+
+    from ..devices import ONEDNN_BRGCONV_SCRATCH_1X1 as scratch_1x1, ONEDNN_BRGCONV_SCRATCH as scratch_k
 
     i, o, w = ctx.in_bytes(0), ctx.out_bytes(0), ctx.param_bytes("weight")
     plain = cin < plain_below or groups > 1
@@ -207,7 +243,19 @@ def _onednn(ctx, cin: int, cout: int, groups: int) -> Footprint:
         # float32 accumulators, or a buffer of up to the output's size (capped: it is tiled,
         # and does not grow with the batch)
         wp = w * up(cout) // cout * (1 if plain else up(cin)) // (1 if plain else cin)
-        fwd = max(3 * wp + i, 2 * o)
+        threads = getattr(ctx.device, "threads", 1) or 1
+        if cin < plain_below and groups == 1:
+            fwd = max(3 * wp + i, 2 * o)  # few input channels: another kernel (fitted on LeNet-5)
+        elif groups > 1:
+            # grouped/depthwise (jit_dw): input and output copied into channel blocks (padded),
+            # the padded weight, then the blocked output copied into the plain one
+            fwd = i * up(cin) // cin + o * up(cout) // cout + wp - o
+        else:
+            # brgemm (AMX): the input reordered to channels-last, the
+            # weight reordered once, a per-thread scratchpad (accumulators, tile buffers), the
+            # channels-last output copied into the plain one (measured on PyTorch 2.14)
+            per = scratch_1x1 if kvol == 1 else scratch_k
+            fwd = max(wp + i + threads * per, 2 * o)
         p1 = o + wp + i + max(2 * wp, i) if need_i else 0
         held = i if need_i else 0
         whole = cout % blk == 0

@@ -233,6 +233,17 @@ class GanLoss(Op):
     def lower(self, a, ins, outs):
         return Module(runtime("GANLoss"), (a.kind, a.target))
 
+    def saved(self, a, ins, outs, ctx):
+        if not ctx.any_grad:
+            return []
+        n4 = ins[0].numel() * 4  # `d.float()`: the logits themselves, or a float32 copy
+        logits = Saved.input(0, "logits") if ins[0].dtype == "float32" else Saved.new(n4, "logits as float32")
+        if a.kind in ("vanilla", "lsgan"):  # BCE / MSE keep the logits and the float32 target (full_like)
+            return [logits, Saved.new(n4, "target (full_like)")]
+        if a.target == "generator":  # -mean(d)
+            return []
+        return [Saved.new(n4, "relu(1 ∓ d)")]  # relu keeps its output
+
 
 # -- self-supervised ------------------------------------------------------------
 
@@ -267,6 +278,19 @@ class NTXent(Op):
     def lower(self, a, ins, outs):
         return Module(runtime("NTXent"), (a.temperature,))
 
+    def saved(self, a, ins, outs, ctx):
+        if not ctx.any_grad:
+            return []
+        b, d = ins[0].shape
+        n = 2 * b
+        # F.normalize(cat([z1, z2]).float()): its float32 input (the concatenation or its copy),
+        # the norms and their clamp [2B, 1]; z @ z.t(): the normalized z (under autocast two
+        # 16-bit copies, z's and z.t()'s: the same bytes); masked_fill: the boolean eye;
+        # cross_entropy: log_softmax's float32 output, the int64 targets, the total weight
+        return [Saved.new(n * d * 4, "float32 concatenation of the views"), Saved.new(2 * n * 4, "norms, clamped"),
+                Saved.new(n * d * 4, "normalized embeddings"), Saved.new(n * n, "diagonal mask (bool)"),
+                Saved.new(n * n * 4, "log_softmax output"), Saved.new(n * 8 + 4, "targets, total weight")]
+
 
 @register
 class ByolLoss(Op):
@@ -289,6 +313,19 @@ class ByolLoss(Op):
 
     def lower(self, a, ins, outs):
         return Code("(2 - 2 * F.cosine_similarity({0}, {1}, dim=-1)).mean()")
+
+    def saved(self, a, ins, outs, ctx):
+        # cosine_similarity: each side that needs a gradient keeps its input, its norm and the
+        # clamped norm (one per row) for its normalization, and the other side's normalized
+        # tensor for the product (in the inputs' dtype)
+        rg = list(ctx.requires_grad) + [True] * (2 - len(ctx.requires_grad))
+        out = []
+        for i in (0, 1):
+            if rg[i]:
+                rows = ctx.in_bytes(i) // ins[i].shape[-1]
+                out += [Saved.input(i, "input"), Saved.new(2 * rows, "norm and its clamp"),
+                        Saved.new(ctx.in_bytes(1 - i), "the other side, normalized")]
+        return out
 
 
 class KLAttrs(Attrs):
@@ -315,6 +352,12 @@ class KLNormal(Op):
 
     def flops(self, a, ins, outs):
         return 5 * ins[0].numel()
+
+    def saved(self, a, ins, outs, ctx):
+        rg = list(ctx.requires_grad) + [True] * (2 - len(ctx.requires_grad))
+        # mu.pow(2) keeps mu; logvar.exp() keeps its output
+        return (([Saved.input(0, "mu")] if rg[0] else []) +
+                ([Saved.new(ctx.in_bytes(1), "exp(logvar)")] if rg[1] else []))
 
     def lower(self, a, ins, outs):
         kl = "(-0.5 * (1 + {1} - {0}.pow(2) - {1}.exp()))"
@@ -362,6 +405,24 @@ class ClipLoss(Op):
         if a.max_scale != 100.0:
             kw["max_scale"] = a.max_scale
         return Module(runtime("CLIPLoss"), (a.logit_scale,), kw)
+
+    def saved(self, a, ins, outs, ctx):
+        if not ctx.any_grad:
+            return []
+        b, d = ins[0].shape
+        bd4 = b * d * 4
+        # img.float(), txt.float(): the inputs, or float32 copies, kept by F.normalize with the
+        # norms and their clamps [B, 1]; the scale's exp and clamp (scalars); s * img keeps the
+        # normalized img; the product keeps s·img and txtᵀ (16-bit copies under autocast: a 16-bit
+        # input whose op has float32 parameters); two log_softmax outputs, labels, total weights
+        low = ins[0].dtype in ("bfloat16", "float16")
+        autocast = low and (not a.learn or ctx.params.get("logit_scale", ((), "float32"))[1] == "float32")
+        f32 = [Saved.input(i, "embeddings") if ins[i].dtype == "float32" else
+               Saved.new(bd4, "embeddings as float32") for i in (0, 1)]
+        mm = bd4 // 2 if autocast else bd4
+        return f32 + [Saved.new(4 * b * 4, "norms, clamped"), Saved.new(8, "exp(scale), clamped"),
+                      Saved.new(bd4, "normalized img"), Saved.new(2 * mm, "scaled img and txtᵀ (the product)"),
+                      Saved.new(2 * b * b * 4, "log_softmax outputs"), Saved.new(b * 8 + 8, "labels, total weights")]
 
 
 # -- ensembles -------------------------------------------------------------------

@@ -219,6 +219,14 @@ class Recurrent(Op):
     steps_saved = 1  # ATen's cells: activations kept per time step, in units of B·hidden
     copy_per_direction = True  # each direction copies the first layer's input (oneDNN's LSTM: one copy)
 
+    def _dtypes(self, ins, ctx) -> tuple[int, int]:
+        """(bytes of the activations, bytes of what the cells' linears compute in). They differ
+        under CPU autocast for the GRU only: its weights (and each linear's input) are cast to 16
+        bits, its state and outputs stay float32."""
+        s = dtype_bytes(ins[0].dtype)
+        w = ctx.params.get("weight_hh_l0")
+        return s, (dtype_bytes(w[1]) if w else s)
+
     def saved(self, a, ins, outs, ctx):
         if not ctx.any_grad:
             return []
@@ -226,22 +234,35 @@ class Recurrent(Op):
             return self._saved_cudnn(a, ins, outs)
         f, d = self._check(a, ins)
         x = ins[0]
-        b, t, h, s = x.shape[0], x.shape[1], a.hidden, dtype_bytes(x.dtype)
-        out = [Saved.param(name) for name in self.params(a, ins)]  # autocast keeps the casts
-        # h_0 (and c_0): zeros [layers·D, B, hidden] unless given
-        out.append(Saved.input(1) if len(ins) > 1 else
-                   Saved.new((2 if self.stacked else 1) * a.layers * d * b * h * s, "zero initial state"))
+        b, t, h = x.shape[0], x.shape[1], a.hidden
+        s, sl = self._dtypes(ins, ctx)
+        mixed = sl != s  # GRU under autocast: every layer's linear keeps its own cast of its input
+        # autocast casts the input anew at each layer call (mkldnn_rnn_layer per direction)
+        cast = bool(ctx.casts and ctx.casts[0])
+        # the weights the backward reads (under autocast, their cached casts): oneDNN's LSTM
+        # keeps the biases too, ATen's cells (addmm) only the weights
+        out = [Saved.param(name) for name in self.params(a, ins) if self.stacked or name.startswith("weight")]
+        # h_0 (and c_0): zeros [layers·D, B, hidden] unless given; autocast keeps each layer's cast
+        if len(ins) > 1 and not mixed:
+            out.append(Saved.input(1))
+        else:
+            out.append(Saved.new((2 if self.stacked else 1) * a.layers * d * b * h * (sl if mixed else s),
+                                 "initial state (zeros, or their casts)"))
         for k, width in enumerate(self._inputs(a, f, d)):
             if k < a.layers - 1:  # the next layer's input
                 if a.dropout:
-                    out.append(Saved.new(2 * t * b * d * h * s, "dropout mask and dropped outputs"))
+                    out.append(Saved.new(t * b * d * h * s, "dropout mask"))
+                    if not mixed:
+                        out.append(Saved.new(t * b * d * h * s, "dropped outputs"))
+                elif mixed:
+                    pass
                 elif d == 2:
                     out.append(Saved.new(t * b * d * h * s, "both directions' outputs, concatenated"))
                 elif not self.stacked:
                     out.append(Saved.new(t * b * h * s, "the layer's outputs, stacked"))
             for j in range(d):
-                first = k == 0 and (j == 0 or self.copy_per_direction)
-                out += self._saved_layer(a, b, t, width, s, first, last=k == a.layers - 1 and d == 1)
+                first = mixed or k == 0 and (j == 0 or self.copy_per_direction or cast)
+                out += self._saved_layer(a, b, t, width, s, first, last=k == a.layers - 1 and d == 1, sl=sl)
         return out
 
     def footprint(self, a, ins, outs, ctx):
@@ -255,14 +276,13 @@ class Recurrent(Op):
         top = d * (self.steps_saved * t - (self.steps_saved > 1)) * b * a.hidden * dtype_bytes(ins[0].dtype)
         return Footprint(strides={0: (w, b * w, 1)}, frees_saved=True, bwd_peak=top)
 
-    def _saved_layer(self, a, b, t, width, s, first: bool, last: bool) -> list[Saved]:
-        """What one layer and direction keeps on the CPU. ATen's cells (rnn, gru): the input as a
+    def _saved_layer(self, a, b, t, width, s, first: bool, last: bool, sl: int = 0) -> list[Saved]:
+        """What one layer and direction keeps on the CPU. ATen's cells (rnn): the input as a
         time-major [T·B, F] copy (first layer; later layers keep the layer below's outputs) and
-        `steps_saved` B·hidden per time step."""
+        each step's tanh (or relu) output, the next step's hidden state."""
         h = a.hidden
         out = [Saved.new(t * b * width * s, "the input, time-major (a copy)")] if first else []
-        return out + [Saved.new((self.steps_saved * t - (self.steps_saved > 1)) * b * h * s,
-                                "gate activations over time")]
+        return out + [Saved.new(t * b * h * s, "hidden states over time")]
 
     def _saved_cudnn(self, a, ins, outs) -> list[Saved]:
         """cuDNN keeps the input, the output, h_0 (c_0) and its reserve space: each layer's gate
@@ -315,7 +335,7 @@ class LSTM(Recurrent):
 
     copy_per_direction = False
 
-    def _saved_layer(self, a, b, t, width, s, first: bool, last: bool) -> list[Saved]:
+    def _saved_layer(self, a, b, t, width, s, first: bool, last: bool, sl: int = 0) -> list[Saved]:
         """oneDNN's LSTM layer (mkldnn_rnn_layer) keeps its input (the first layer's as a
         time-major copy; later layers' is the layer below's output), its output (the op's
         own output for the last layer of a unidirectional LSTM), h_n and c_n, and a uint8
@@ -333,12 +353,20 @@ class GRU(Recurrent):
     name = "gru"
     gates = 3
     torch_class = "nn.GRU"
-    # per step: the hidden projection holding the sigmoid gates (3), tanh's output (1), two
-    # clones for the in-place products (2) and the new hidden state, except the last (1)
     steps_saved = 7
     doc = ("GRU over [B, T, F] (nn.GRU, batch_first): `gru(hidden, layers=1, bidirectional=false, "
            "dropout=0.0, bias=true, state=none)` -> (outputs [B, T, D·hidden], h_n [layers·D, B, hidden]). "
            "Parameters are torch.nn.GRU's. FLOPs: 2·B·T·3·hidden·(in + hidden) per layer and direction.")
+
+    def _saved_layer(self, a, b, t, width, s, first: bool, last: bool, sl: int = 0) -> list[Saved]:
+        """ATen's gru_cell, step by step (sl: the bytes its linears compute in, s: the state's):
+        the hidden projection with the sigmoid gates written into it in place (3·sl), tanh's
+        output (sl), the clone of the third gate chunk `mul_` keeps (sl), the clone of `h - n`
+        (its dtype: the state's, s) and the hidden state the next step's linear reads (its cast
+        under autocast): all but the last step's (the first one's is the initial state)."""
+        h, sl = a.hidden, sl or s
+        out = [Saved.new(t * b * width * sl, "the input, time-major (a copy, or its cast)")] if first else []
+        return out + [Saved.new(t * b * h * (5 * sl + s) + (t - 1) * b * h * sl, "gates and states over time")]
 
 
 # -- conv_lstm -----------------------------------------------------------------------------
@@ -429,13 +457,49 @@ class ConvLSTM(Op):
         if not ctx.any_grad:
             return []
         x = ins[0]
-        per = dtype_bytes(x.dtype)
-        b, _, t, h, w = x.shape
-        step = b * t * h * w * per
+        s = dtype_bytes(x.dtype)  # the state's dtype: the input's (h_0 and c_0 are x.new_zeros)
+        w = ctx.params.get("conv.weight")
+        sl = dtype_bytes(w[1]) if w else s  # the gate convolution's (16 bits under autocast)
+        b, _, t, hh, ww = x.shape
+        frames = b * t * hh * ww  # one channel over every frame
         c, _ = self._check(a, ins)
-        # per step: the conv's input [x_t, h] and the gates and cell states
-        return [Saved.new(step * (c + a.hidden), "conv inputs [x_t, h_{t-1}]"),
-                Saved.new(step * a.hidden * 7, "gates and cell states over time"), Saved.param("conv.weight")]
+        hid = a.hidden
+        # per frame (runtime ConvLSTM.step): the convolution's input cat([x_t, h]) (its 16-bit
+        # cast under autocast), the four gate activations' outputs sigmoid(i, f, o) and tanh(g)
+        # in the convolution's dtype, c_{t-1} (kept by f·c) and tanh(c_t) in the state's
+        out = [Saved.param("conv.weight"),
+               Saved.new(frames * ((c + hid) * sl + 4 * hid * sl + hid * s), "[x_t, h_{t-1}] and the gates, per frame"),
+               Saved.new((t - 1) * b * hid * hh * ww * s, "cell states c_1 .. c_{T-1}")]
+        out.append(Saved.input(1) if len(ins) > 1 else Saved.new(b * hid * hh * ww * s, "zero initial state"))
+        if a.peephole:  # w_co·c_t keeps the last cell state too
+            out.append(Saved.new(b * hid * hh * ww * s, "the last cell state"))
+        return out
+
+    def footprint(self, a, ins, outs, ctx):
+        """The backward runs frame by frame from the last; its high point is the first frame it
+        meets, with everything still saved: that frame's gate gradients (4·hidden channels, joined
+        by `chunk`'s backward), the gradient of the convolution's input and the convolution's own
+        backward workspace (the `conv` rule on one frame)."""
+        if not ctx.any_grad:
+            return Footprint()
+        from .base import REGISTRY, MemoryContext
+
+        x = ins[0]
+        c, ks = self._check(a, ins)
+        b, _, _, hh, ww = x.shape
+        w = ctx.params.get("conv.weight")
+        low = w[1] if w else x.dtype
+        frame_in = TensorType((b, c + a.hidden, hh, ww), low)
+        gates = TensorType((b, 4 * a.hidden, hh, ww), low)
+        conv = REGISTRY["conv"]
+        attrs = conv.Attrs(out=4 * a.hidden, kernel=list(ks), padding=[k // 2 for k in ks], bias=a.bias)
+        params = {"weight": ((4 * a.hidden, c + a.hidden) + tuple(ks), low)}
+        if a.bias:
+            params["bias"] = ((4 * a.hidden,), low)
+        sub = MemoryContext(ctx.device, [frame_in], [gates], [True], ctx.weights_grad, ctx.training, [], False, params)
+        fp = conv.footprint(attrs, [frame_in], [gates], sub)
+        per = dtype_bytes(low)
+        return Footprint(bwd_peak=(4 * a.hidden + c + a.hidden) * b * hh * ww * per + fp.bwd_peak)
 
 
 # -- temporal ops --------------------------------------------------------------------------

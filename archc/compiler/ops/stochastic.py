@@ -106,7 +106,16 @@ class RandomMask(Op):
         return Module(runtime("RandomMask"), (a.ratio,))
 
     def saved(self, a, ins, outs, ctx):
-        return [Saved.output(2, "indices")] if ctx.any_grad else []
+        # `x.gather(1, shuffle[:, :K])`: gather's backward keeps its input and its index (a view
+        # of the shuffle, argsort's int64 [B, N]; the restore indices are another argsort)
+        if not ctx.requires_grad[0]:
+            return []
+        return [Saved.input(0, "tokens (gather's input)"), Saved.new(ctx.out_bytes(2), "shuffle indices int64[B, N]")]
+
+    def footprint(self, a, ins, outs, ctx):
+        # the noise float32[B, N], argsort's sorted values (twice: the shuffle and its inverse)
+        bn = ctx.out_bytes(1)
+        return Footprint(fwd_peak=bn + bn + (0 if ctx.requires_grad[0] else ctx.out_bytes(2)))
 
 
 class RestoreAttrs(Attrs):
@@ -156,7 +165,11 @@ class Restore(Op):
         return Module(runtime("Restore"), (d,), {} if a.token else {"token": False})
 
     def saved(self, a, ins, outs, ctx):
-        return [Saved.input(1, "indices")] if ctx.any_grad else []
+        # `cat([x, fill]).gather(1, ids)`: gather's backward keeps its input, the padded tokens
+        # [B, N, D] (a new tensor), and the indices
+        if not ctx.any_grad:
+            return []
+        return [Saved.new(ctx.out_bytes(0), "padded tokens (gather's input)"), Saved.input(1, "indices")]
 
 
 alias("unshuffle", "restore")

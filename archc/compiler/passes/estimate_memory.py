@@ -397,7 +397,7 @@ class _Model:
                 continue
             keys = self.node_params.get(n.id, {})
             self.static[n.id] = (self.static_key[n.id], keys, any(self.trainable.get(k, False) for k in keys.values()),
-                                 autocast and n.op in AUTOCAST_LOW,
+                                 autocast and (n.op in s.device.autocast_low or n.op in s.device.autocast_weights),
                                  [(name, key, bool(self.trainable.get(key)), self.param_numel.get(key, 0))
                                   for name, key in keys.items()],
                                  self.segment_of.get(n.id), n.id in self.inplace)
@@ -528,11 +528,12 @@ class _Model:
             casts = None
             out_dtype = None
             if autocast:
-                if cast_w:
+                if cast_w and op_name not in s.device.autocast_weights:  # (gru: only its weights are cast)
                     casts = [low if is_float(t.dtype) and t.dtype != low else None for t in in_t]
                     out_dtype = low
-                elif op_name in fp32_ops:
-                    if op_name != "softmax":  # layer/group/RMS norm: inputs cast to float32
+                elif op_name in fp32_ops or (in_t and f"{op_name}/{len(in_t[0].shape)}" in fp32_ops):
+                    # ("max_pool/5": by input rank; CPU autocast runs 3-D pooling in float32)
+                    if op_name != "softmax":  # layer/group/RMS norm, 3-D pools: inputs cast to float32
                         casts = [("float32" if is_float(t.dtype) and t.dtype != "float32" else None) for t in in_t]
                     out_dtype = "float32"
             if out_dtype is None:
@@ -550,12 +551,15 @@ class _Model:
                 op_in = in_t
                 casts = None
             outs = [TensorType(sub(t).shape, out_dtype if is_float(t.dtype) else t.dtype) for t in n.outputs]
-            ck = (st_key, tuple(op_in), tuple(outs), tuple(in_rg), weights_grad, inplace, tuple(op_st), training)
+            cast_in = tuple(c is not None for c in casts) if casts else ()
+            ck = (st_key, tuple(op_in), tuple(outs), tuple(in_rg), weights_grad, inplace, tuple(op_st), training,
+                  cast_in)
             hit = cache.get(ck)
             if hit is None:
                 wdt = low if cast_w else param_dtype
                 pinfo = {name: (self.param_shape[key], wdt) for name, key in keys.items()}
-                ctx = MemoryContext(s.device, op_in, outs, in_rg, weights_grad, training, op_st, inplace, pinfo)
+                ctx = MemoryContext(s.device, op_in, outs, in_rg, weights_grad, training, op_st, inplace, pinfo,
+                                    list(cast_in), bool(cast_w))
                 op = REGISTRY[op_name]
                 if type(op).saved is Op.saved and training:
                     self._note(f"`{op_name}` does not say what it keeps for backward: assumed all its inputs")
@@ -1485,7 +1489,8 @@ class _Sim:
             out.append("convolutions: cuDNN workspaces are not modelled")
         if s.autocast:
             out.append(f"autocast to {s.low}: conv/linear/matmul/attention in {s.low} with cached weight copies"
-                       + ("; norms and softmax in float32" if dev.autocast_fp32 else ""))
+                       + ("; norms and softmax in float32" if "softmax" in dev.autocast_fp32 else "")
+                       + ("; 3-D pools in float32" if "max_pool/5" in dev.autocast_fp32 else ""))
         if s.checkpoint:
             out.append(f"{len(s.checkpoint)} checkpoint segment(s): torch.utils.checkpoint, non-reentrant, "
                        "early stop; segment inputs kept")
