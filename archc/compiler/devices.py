@@ -51,6 +51,14 @@ ONEDNN_SCRATCH_ALIGN = 128
 # 72 KiB with a spatial kernel (64 to 512 channels, 3x3), 16 KiB for a 1x1 convolution.
 ONEDNN_BRGCONV_SCRATCH = 72 * 1024
 ONEDNN_BRGCONV_SCRATCH_1X1 = 16 * 1024
+# Half-precision weight gradient (oneDNN's AMX `brgconv_bwd_w`): its scratchpad follows the
+# library's booking (ops/conv.py, brgconv_bwd_w_scratch): transposed rows padded to one AMX
+# tile row of 32 elements, a float32 reduction buffer per batch-splitting thread, per-thread
+# pages. The remainder (barriers, tile configuration, alignment) is fitted on PyTorch 2.14
+# (oneDNN 3.12) on an AMX CPU: 17,008 bytes, 8 KiB more when the threads split channels.
+ONEDNN_AMX_TILE_ROW = 32
+ONEDNN_BRGCONV_BWD_W_FIXED = 17008
+ONEDNN_BRGCONV_BWD_W_FIXED_CHANNELS = 8192
 # oneDNN's RNN workspace (PyTorch's CPU LSTM, one mkldnn_rnn_layer per layer and direction):
 # each region starts on a page, and GEMM operands' rows are padded to a multiple of 64 bytes
 # (one more such step when that is a multiple of 256 elements: rnn_utils' get_good_ld).

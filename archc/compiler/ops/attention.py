@@ -370,7 +370,9 @@ class MultiHeadAttention(Op):
         cp = (q_b + 2 * kv_b) * up // dsz if up != dsz else 0  # float32 copies of q, k, v
         causal = 3 * t * s if a.causal else 0
         m1 = cp + b * t * d * up + 2 * b * s * d * up + b * s * d * up + 2 * probs + probs // up + causal
-        m2 = kept_core + q_b * up // dsz + (q_b if up != dsz else 0) + 2 * q_b
+        m2 = kept_core + 3 * q_b
+        if up != dsz:  # upcast: the float32 copies and as much again, the float32 output twice, its cast
+            m2 = max(m2, kept_core + 2 * cp + 2 * b * t * d * up + q_b)
         fwd = qkv + rope_tmp + max(m1, m2) - kept_core - sum(x.bytes for x in att_out) - q_b
         return held, max(0, fwd), max(0, high - p_g - dx), True
 
@@ -427,5 +429,27 @@ def _sdpa(ctx, a, b, t, s, d, dk, dtype, refs, need=None):
     if not ctx.any_grad:
         fwd += sum(x.bytes for x in saved)
         return [], fwd, 0, False
-    bwd = 2 * probs + b * t * d * up + 2 * b * s * d * up
+    # forward with gradients: the high point is the softmax (the scaled q and k, v's copy, k
+    # transposed, the scores, the probabilities, safe_softmax's boolean test) or the end
+    # (everything kept, the heads' output and its merged copy, the op's output); upcast: the
+    # float32 copies of q, k, v and as much again, the float32 output twice and its cast
+    kept = sum(x.bytes for x in saved)
+    q_b = b * t * d * dsz
+    cp = (b * t * d + 2 * b * s * dk) * up if up != dsz else 0
+    m1 = cp + b * t * d * up + 3 * b * s * d * up + 2 * probs + probs // up + causal
+    m2 = kept + 2 * q_b
+    if up != dsz:
+        m2 = max(m2, kept + 2 * cp + 2 * b * t * d * up + q_b)
+    fwd = max(0, max(m1, m2) - kept - q_b)
+    # backward, node by node: the first product's (attn @ v) gradients are the high point, on
+    # top of everything kept and the incoming gradient (float32 when upcast): v's gradient and
+    # the (dropped) probabilities'; later steps free more than they allocate. When upcast, q, k
+    # and v's float32 gradients are cast back at the end. `bwd_peak` is above the inputs'
+    # gradients, which the replay allocates first.
+    first = (b * t * d * up if up != dsz else 0) + (b * s * d * up if gv else 0) + (probs if scores else 0)
+    if up != dsz:
+        kept = sum(x.bytes for x in saved)
+        first = max(first, (b * t * d + 2 * b * s * d) * up - kept)
+    dx = b * t * d * dsz * gq + b * s * dk * dsz * (gk + gv)
+    bwd = max(0, first - dx)
     return saved, fwd, bwd, False

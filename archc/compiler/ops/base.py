@@ -210,6 +210,26 @@ class Saved:
 
 
 @dataclass
+class Phase:
+    """One step of a backward pass that runs as a sequence of steps (oneDNN's LSTM layer by
+    layer and direction, a recurrence frame by frame), replayed in order by the estimator.
+
+    When a step starts, `temp` bytes are allocated (held until it ends) and each `(bytes,
+    until)` of `keep` (held until step `until` ends: a gradient handed to a later step);
+    with `inputs`, the op's input gradients are allocated here; the gradients of the
+    parameters named in `grads` are allocated (kept as .grad); `workspace` is held for an
+    instant (the step's high point); then `temp`, the saved tensors at the indices `frees`
+    of the op's `saved` list, and the `keep`s due are released."""
+
+    grads: tuple = ()
+    temp: Dim = 0
+    keep: tuple = ()
+    inputs: bool = False
+    workspace: Dim = 0
+    frees: tuple = ()
+
+
+@dataclass
 class Footprint:
     """How an op uses memory beyond the tensors it saves.
 
@@ -222,6 +242,8 @@ class Footprint:
     `strides`: the strides of outputs that are not contiguous (views of transposes).
     `frees_saved`: the backward releases the saved tensors before it allocates the input
     gradients (a composite unrolled over time frees each step's tensors as it goes).
+    `phases`: the backward as the sequence of steps it runs (`Phase`); when given, they
+    replace `bwd_peak` and the one-step allocation of the parameter and input gradients.
     """
 
     views: dict[int, int] = field(default_factory=dict)
@@ -231,6 +253,7 @@ class Footprint:
     differentiable: bool = True
     strides: dict[int, tuple] = field(default_factory=dict)
     frees_saved: bool = False
+    phases: list = field(default_factory=list)
 
 
 @dataclass

@@ -114,11 +114,10 @@ class Conv(Op):
         if ctx.device is None or ctx.device.conv != "onednn":
             return Footprint()  # cuDNN: its workspace is not modelled (docs/memory.md)
         n, cin, ks, _, ds = self._geom(a, ins[0])
-        fp = _onednn(ctx, cin, a.out, a.groups, numel(ks))
         x, y = ins[0], outs[0]
+        pads = _front_pads(a, n, ks, ds)
+        fp = _onednn(ctx, cin, a.out, a.groups, numel(ks), (x, y, ks, per_axis(a.stride, n, "stride", "conv"), pads, ds))
         if n == 3 and ctx.weights_grad and a.groups == 1 and ctx.ins[0].dtype == "float32":
-            pads = per_axis(0 if a.padding == "valid" else a.padding, n, "padding", "conv") \
-                if a.padding != "same" else tuple(d * (k - 1) // 2 for k, d in zip(ks, ds))
             if pads[0] > 0 and ks[0] >= static_int(x.shape[2], "conv's input depth") + pads[0]:
                 fp = _gemm_weight_grad(ctx, fp, cin, ks, y)
         return fp
@@ -194,6 +193,104 @@ class ConvTranspose(Op):
         return Footprint(fwd_peak=i + o + w, bwd_peak=i + o)
 
 
+def _front_pads(a: ConvAttrs, n: int, ks, ds) -> tuple[int, ...]:
+    """The padding before each spatial axis (PyTorch's "same" pads total // 2 in front)."""
+    if a.padding == "same":
+        return tuple(d * (k - 1) // 2 for k, d in zip(ks, ds))
+    return per_axis(0 if a.padding == "valid" else a.padding, n, "padding", "conv")
+
+
+def brgconv_bwd_w_scratch(threads: int, x: TensorType, y: TensorType, ks, ss, pads, ds,
+                          bias: bool = True) -> int:
+    """The scratchpad oneDNN's AMX weight-gradient convolution (`brgconv_bwd_w`, the bf16/fp16
+    kernel) books, following its `init_conf_bwd_w`, `balance_bwd_w` and `init_scratchpad_bwd_w`
+    (brgemm_convolution_utils, oneDNN 3.x):
+
+    - threads split the reduction (batch x output rows, or x output frames in 3-D) `nthr_mb`
+      ways and the channel blocks `nthr_oc_b` x `nthr_ic_b` ways, where its memory-cost model is
+      lowest (reproduced here);
+    - a transposed copy of the input per `nthr_mb` thread and 16-channel block, rows padded to
+      `tr_iw` (the padded width rounded up to 32: one AMX tile row), plus guard elements;
+    - a transposed copy of the output gradient likewise (`tr_ow`: the output width rounded up to
+      an even number, or up to a better multiple of the tile when wider than 32), plus one row;
+    - the float32 reduction buffer: the weight with both channel counts padded to 16, once per
+      `nthr_mb` thread (bf16 weight gradients always accumulate in float32), and the bias's;
+    - per thread a page-aligned brgemm batch (32-byte entries, one per output row x frame) and
+      AMX tile buffers, and a fixed remainder (barriers, tile configuration, alignment: fitted).
+    A 1x1 convolution without padding or stride over at most 28 columns is run as 1-D (rows
+    folded into the width)."""
+    from ..devices import ONEDNN_AMX_TILE_ROW as tile, ONEDNN_BRGCONV_BWD_W_FIXED as fixed
+    from ..devices import ONEDNN_BRGCONV_BWD_W_FIXED_CHANNELS as fixed_ch, ONEDNN_CHANNEL_BLOCK as blk
+    from ..devices import ONEDNN_PAGE as page
+
+    def div_up(a_, b_):
+        return -(-a_ // b_)
+
+    def rnd_up(a_, b_):
+        return div_up(a_, b_) * b_
+
+    nd = len(ks)
+    pad3 = (1,) * (3 - nd)
+    mb, ic, oc = (static_int(v, "conv's shape") for v in (x.shape[0], x.shape[1], y.shape[1]))
+    id_, ih, iw = pad3 + tuple(static_int(v, "conv's input") for v in x.shape[2:])
+    od, oh, ow = pad3 + tuple(static_int(v, "conv's output") for v in y.shape[2:])
+    kd, kh, kw = pad3 + tuple(ks)
+    sd, sh, sw = pad3 + tuple(ss)
+    ph, pw = ((0, 0) + tuple(pads))[-2:]
+    ext_kw = (kw - 1) * (pad3 + tuple(ds))[2] + 1
+    lpad = pw
+    rpad = (ow - 1) * sw + ext_kw - iw - lpad
+    bpad = (oh - 1) * sh + kh - ih - ph
+    if kh == kw == sh == sw == 1 and ph == pw == 0 and rpad <= 0 and bpad <= 0 and iw <= 28:
+        iw, ih, ow, oh = iw * ih, 1, ow * oh, 1
+    nb_ic, nb_oc = div_up(ic, blk), div_up(oc, blk)
+    ic_blocking, oc_blocking = (2 if nb_ic > 1 else 1), (2 if nb_oc > 1 else 1)
+    tr_iw = rnd_up(div_up(iw + lpad + rpad, sw), tile) * sw
+    guard = rnd_up(max(lpad, rpad + 1), tile)
+    tr_ow = rnd_up(ow, 2)
+    if tr_ow > tile:  # a wider row when it makes fewer brgemm row blocks
+        best_bdb, best = tr_ow // 2, tr_ow
+        for t in range(tr_ow, rnd_up(tr_ow, tile) + 1, 2):
+            i = next(i for i in range(tile, 0, -2) if t % i == 0)
+            if t // i < best_bdb:
+                best_bdb, best = t // i, t
+        tr_ow = best
+    work = mb * (od if nd == 3 else oh)
+    oc_chunks, ic_chunks = div_up(nb_oc, oc_blocking), div_up(nb_ic, ic_blocking)
+    wks = kd * kh * kw
+    src_sp, dst_sp = mb * id_ * ih * tr_iw, mb * od * oh * tr_ow
+    wcs = 0.5 * (dst_sp * oc * 2 + src_sp * ic * 2) / (oc * ic * wks * 4)
+    ratio = oc_chunks / ic_chunks
+    src_coef = max(1 / ratio, 1.0) * (4.0 if wcs < 1 else 1.0)
+    dst_coef, wei_coef = max(ratio, 1.0), max(wcs, 1.0)
+
+    def cost(n_mb, n_oc, n_ic):
+        thr_mb = div_up(work, n_mb)
+        ica = div_up(ic_chunks, n_ic) * blk * ic_blocking
+        oca = div_up(oc_chunks, blk * oc_blocking * n_oc) * blk * oc_blocking
+        return (2 * src_coef * ica * (thr_mb * (src_sp // work) // sd // sh // sw)
+                + 2 * dst_coef * oca * thr_mb * (dst_sp // work) + 4 * wei_coef * oca * ica * wks)
+
+    best, (n_mb, n_oc, n_ic) = cost(1, 1, 1), (1, 1, 1)
+    for m in range(1, min(threads, work) + 1):
+        par = threads // m
+        for o in range(1, min(par, oc_chunks) + 1):
+            i = min(par // o, nb_ic // ic_blocking)
+            c = cost(m, o, i)
+            if c <= best:
+                best, (n_mb, n_oc, n_ic) = c, (m, o, i)
+    if threads // 2 < n_mb < threads:
+        n_mb = min(work, threads)
+    nthr = n_mb * n_oc * n_ic
+    tr_src = (n_mb * nb_ic * tr_iw * blk * ih * id_ + guard) * 2
+    tr_diff_dst = (n_mb * nb_oc * tr_ow * blk * oh * od + tr_iw * blk) * 2
+    reduction = (nb_oc * blk * nb_ic * blk * wks + (nb_oc * blk if bias else 0)) * n_mb * 4
+    batch = nthr * rnd_up(od * oh * 32, page)
+    tiles = nthr * 2 * page
+    return (tr_src + tr_diff_dst + reduction + batch + tiles + fixed
+            + (fixed_ch if n_mb < threads else 0))
+
+
 def _gemm_weight_grad(ctx, fp: Footprint, cin: int, ks: tuple[int, ...], y: TensorType) -> Footprint:
     """A 3-D convolution whose kernel is at least as deep as its padded-at-the-front input
     (kd >= id + front padding: 3x3x3 over 2 frames) is refused by oneDNN's direct (jit)
@@ -220,7 +317,7 @@ def _gemm_weight_grad(ctx, fp: Footprint, cin: int, ks: tuple[int, ...], y: Tens
     return Footprint(views=fp.views, fwd_peak=fp.fwd_peak, bwd_peak=max(fp.bwd_peak, p2 - leaves))
 
 
-def _onednn(ctx, cin: int, cout: int, groups: int, kvol: int = 1) -> Footprint:
+def _onednn(ctx, cin: int, cout: int, groups: int, kvol: int = 1, geom=None) -> Footprint:
     """PyTorch's CPU convolution (oneDNN), as measured: it reorders the plain NCHW input
     and weight into channel-blocked layouts (input channels padded to the block unless
     there are fewer than 8), computes a blocked output (output channels padded) and
@@ -244,6 +341,7 @@ def _onednn(ctx, cin: int, cout: int, groups: int, kvol: int = 1) -> Footprint:
         # and does not grow with the batch)
         wp = w * up(cout) // cout * (1 if plain else up(cin)) // (1 if plain else cin)
         threads = getattr(ctx.device, "threads", 1) or 1
+        per = scratch_1x1 if kvol == 1 else scratch_k
         if cin < plain_below and groups == 1:
             fwd = max(3 * wp + i, 2 * o)  # few input channels: another kernel (fitted on LeNet-5)
         elif groups > 1:
@@ -254,16 +352,21 @@ def _onednn(ctx, cin: int, cout: int, groups: int, kvol: int = 1) -> Footprint:
             # brgemm (AMX): the input reordered to channels-last, the
             # weight reordered once, a per-thread scratchpad (accumulators, tile buffers), the
             # channels-last output copied into the plain one (measured on PyTorch 2.14)
-            per = scratch_1x1 if kvol == 1 else scratch_k
             fwd = max(wp + i + threads * per, 2 * o)
-        p1 = o + wp + i + max(2 * wp, i) if need_i else 0
+        brg = geom is not None and groups == 1
+        # the input gradient: the output gradient and the input in channels-last, the weight
+        # reordered; AMX runs it as the forward kernel on the swapped problem (its scratchpad)
+        p1 = o + wp + i + (threads * per if brg and cin >= plain_below else max(2 * wp, i)) if need_i else 0
         held = i if need_i else 0
         whole = cout % blk == 0
-        # the weight gradient accumulates in float32, both channel counts padded, per thread
+        # the weight gradient: a blocked copy (float32, padded, unless the channels fill whole
+        # blocks) next to the channels-last output gradient and input, and the scratchpad
         wf = w * 2 * up(cout) // cout * up(cin) // cin
-        threads = getattr(ctx.device, "threads", 1) or 1
         gw = wp if whole and not plain else wf
-        scratch = max(threads * wf + (0 if whole and not plain else wf // 4), min(o, 1 << 20))
+        if brg:
+            scratch = brgconv_bwd_w_scratch(threads, *geom, bias="bias" in ctx.params)
+        else:
+            scratch = max(threads * wf + (0 if whole and not plain else wf // 4), min(o, 1 << 20))
         p2 = held + o + i + gw + scratch if need_w else 0
         leaves = (i if need_i else 0) + (w if need_w else 0)
         return Footprint(fwd_peak=fwd, bwd_peak=max(max(p1, p2) - leaves, 0))

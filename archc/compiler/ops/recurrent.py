@@ -36,7 +36,7 @@ from typing import Literal
 
 from ..dims import Dim
 from ..ir import TensorType
-from .base import (Attrs, Code, Footprint, Module, Op, RuntimeClass, Saved, ShapeError, contiguous_strides,
+from .base import (Attrs, Code, Footprint, Module, Op, Phase, RuntimeClass, Saved, ShapeError, contiguous_strides,
                    dtype_bytes, expect_rank, register, static_int)
 
 LSTM_MODULE = RuntimeClass("archc.runtime.recurrent", "LSTM")
@@ -77,6 +77,31 @@ def onednn_lstm_workspace(t: Dim, b: Dim, width: int, hidden: int, s: int) -> Di
     return (page(t * b * ld(4 * hidden, s) * s) + page(t * b * ld(hidden, s) * s)
             + page(states * ld(wide, s) * s) + page(states * hidden * s)
             + 2 * page(states * ld(wide, 4) * 4) + page(states * hidden * 4))
+
+
+def _good_ld(n: int, size: int) -> int:
+    """oneDNN's rnn_utils::get_good_ld: rows to 64 bytes, one step more at a multiple of 256."""
+    from ..devices import ONEDNN_ROW_ALIGN
+
+    step = ONEDNN_ROW_ALIGN // size
+    n = -(-n // step) * step
+    return n + step if n % 256 == 0 else n
+
+
+# The scratchpad entries of oneDNN's RNN primitive besides its gates (scratch_ht, diff_ht, the
+# pointer arrays, their alignment): measured, 12.6-16.6 KB (PyTorch 2.14, AVX-512).
+ONEDNN_RNN_SCRATCH_REST = 16952
+
+
+def onednn_lstm_scratchpad(t: Dim, b: Dim, width: int, hidden: int, gates: int, s: int) -> Dim:
+    """What one mkldnn_rnn_layer_backward (a layer and direction) holds at its high point
+    beyond its outputs: the weights reordered for oneDNN (16-bit ones, below float32), the
+    float32 weight gradients in its ldigo layout (rows of get_good_ld(gates·hidden) floats),
+    the bias gradient, and the scratchpad: float32 gates of every step (scratch_gates,
+    T·B·gates·hidden: the layer's GEMM is merged over time) and the rest."""
+    g = gates * hidden
+    reorder = (width + hidden) * g * s if s != 4 else 0
+    return reorder + (width + hidden) * _good_ld(g, 4) * 4 + g * 4 + t * b * g * 4 + ONEDNN_RNN_SCRATCH_REST
 
 
 
@@ -232,6 +257,12 @@ class Recurrent(Op):
             return []
         if ctx.device is not None and ctx.device.rnn == "cudnn":
             return self._saved_cudnn(a, ins, outs)
+        return [x for x, _ in self._saved_tagged(a, ins, outs, ctx)]
+
+    def _saved_tagged(self, a, ins, outs, ctx) -> list[tuple[Saved, tuple]]:
+        """What the CPU layers keep, each entry with who keeps it: ("param", k, j), ("state",),
+        ("between", k, "mask" | "out") (layer k's outputs as layer k + 1 reads them) or
+        ("layer", k, j): layer k, direction j (a phased backward frees them by these)."""
         f, d = self._check(a, ins)
         x = ins[0]
         b, t, h = x.shape[0], x.shape[1], a.hidden
@@ -241,28 +272,31 @@ class Recurrent(Op):
         cast = bool(ctx.casts and ctx.casts[0])
         # the weights the backward reads (under autocast, their cached casts): oneDNN's LSTM
         # keeps the biases too, ATen's cells (addmm) only the weights
-        out = [Saved.param(name) for name in self.params(a, ins) if self.stacked or name.startswith("weight")]
+        out = [(Saved.param(name), ("param", int(name.split("_l")[1].split("_")[0]), int(name.endswith("_reverse"))))
+               for name in self.params(a, ins) if self.stacked or name.startswith("weight")]
         # h_0 (and c_0): zeros [layers·D, B, hidden] unless given; autocast keeps each layer's cast
         if len(ins) > 1 and not mixed:
-            out.append(Saved.input(1))
+            out.append((Saved.input(1), ("state",)))
         else:
-            out.append(Saved.new((2 if self.stacked else 1) * a.layers * d * b * h * (sl if mixed else s),
-                                 "initial state (zeros, or their casts)"))
+            out.append((Saved.new((2 if self.stacked else 1) * a.layers * d * b * h * (sl if mixed else s),
+                                  "initial state (zeros, or their casts)"), ("state",)))
         for k, width in enumerate(self._inputs(a, f, d)):
             if k < a.layers - 1:  # the next layer's input
                 if a.dropout:
-                    out.append(Saved.new(t * b * d * h * s, "dropout mask"))
+                    out.append((Saved.new(t * b * d * h * s, "dropout mask"), ("between", k, "mask")))
                     if not mixed:
-                        out.append(Saved.new(t * b * d * h * s, "dropped outputs"))
+                        out.append((Saved.new(t * b * d * h * s, "dropped outputs"), ("between", k, "out")))
                 elif mixed:
                     pass
                 elif d == 2:
-                    out.append(Saved.new(t * b * d * h * s, "both directions' outputs, concatenated"))
+                    out.append((Saved.new(t * b * d * h * s, "both directions' outputs, concatenated"),
+                                ("between", k, "out")))
                 elif not self.stacked:
-                    out.append(Saved.new(t * b * h * s, "the layer's outputs, stacked"))
+                    out.append((Saved.new(t * b * h * s, "the layer's outputs, stacked"), ("between", k, "out")))
             for j in range(d):
                 first = mixed or k == 0 and (j == 0 or self.copy_per_direction or cast)
-                out += self._saved_layer(a, b, t, width, s, first, last=k == a.layers - 1 and d == 1, sl=sl)
+                out += [(e, ("layer", k, j)) for e in
+                        self._saved_layer(a, b, t, width, s, first, last=k == a.layers - 1 and d == 1, sl=sl)]
         return out
 
     def footprint(self, a, ins, outs, ctx):
@@ -334,6 +368,76 @@ class LSTM(Recurrent):
         return LSTM_MODULE
 
     copy_per_direction = False
+
+    def footprint(self, a, ins, outs, ctx):
+        """On the CPU the backward runs as torch runs it: one mkldnn_rnn_layer_backward per layer
+        and direction, from the top layer down (the reverse direction first), then, between
+        layers, dropout's backward. Each step (RNN.cpp's onednn_rnn_layer_backward) holds
+        the contiguous copy of its output gradient (zeros when none; none needed for a lower
+        layer of a unidirectional LSTM), the bias sum, float32 diff h_0 and c_0 (and, below
+        float32, float32 copies of the incoming gradients), its input's gradient (float32,
+        handed on in the input's dtype) and its weights' float32 gradients, and, at its high
+        point, oneDNN's scratch: the weights reordered (16-bit ones, below float32) and their
+        gradients in oneDNN's ldigo layout (rows of `get_good_ld(G·hidden)` floats), the
+        bias gradient, and the primitive's scratchpad (`onednn_lstm_scratchpad`). When it
+        ends it frees what its layer and direction saved; dropout's backward frees the mask."""
+        fp = super().footprint(a, ins, outs, ctx)
+        if not (ctx.any_grad and ctx.device is not None and ctx.device.rnn == "aten"):
+            return fp
+        tagged = self._saved_tagged(a, ins, outs, ctx)
+        f, d = self._check(a, ins)
+        b, t = ins[0].shape[0], ins[0].shape[1]
+        h, g, s = a.hidden, self.gates * a.hidden, dtype_bytes(ins[0].dtype)
+        names = list(self.params(a, ins))
+        widths = self._inputs(a, f, d)
+        order = [(k, j) for k in reversed(range(a.layers)) for j in reversed(range(d))]
+        # the index of each step: layer steps, and a dropout step after each layer above the first
+        idx, n = {}, 0
+        for k in reversed(range(a.layers)):
+            for j in reversed(range(d)):
+                idx[(k, j)] = n
+                n += 1
+            if k and a.dropout:
+                idx[("drop", k)] = n
+                n += 1
+        phases: list[Phase] = [Phase() for _ in range(n)]
+        last = len(phases) - 1
+        for k, j in order:
+            width = widths[k]
+            first = j == d - 1  # the first of the layer's directions to run
+            temp = g * s + 2 * b * h * 4  # the bias sum, diff h_0 and c_0
+            if k == a.layers - 1 or d == 2:
+                temp += t * b * h * s  # the output gradient, a contiguous copy (or zeros)
+            ws = onednn_lstm_scratchpad(t, b, width, h, self.gates, s)
+            if s != 4:  # float32 copies of the incoming gradients; float32 input and weight gradients
+                temp += t * b * h * 4 + 2 * b * h * 4 + t * b * width * (4 - s)
+                ws += (width + h + 1) * g * (4 - s)
+            ws -= g * 4 if a.bias else 0  # the second bias gradient is a clone made after the scratch goes
+            keep, inputs = (), False
+            if k == 0 and first and ctx.requires_grad and ctx.requires_grad[0]:
+                inputs = True  # the op's input gradient
+            elif not first:
+                keep = ((t * b * width * s, idx[(k, j)]),)  # summed into the other direction's, then freed
+            elif k == 0:
+                keep = ((t * b * width * s, idx[(k, j)]),)  # not needed: freed
+            else:
+                keep = ((t * b * width * s, idx[("drop", k)] if a.dropout else idx[(k - 1, 0)]),)
+            frees = [i for i, (_, tag) in enumerate(tagged)
+                     if tag in (("layer", k, j), ("param", k, j))
+                     or j == 0 and k > 0 and tag == ("between", k - 1, "out")]
+            if idx[(k, j)] == last:
+                frees += [i for i, (_, tag) in enumerate(tagged) if tag == ("state",)]
+            sfx = "_reverse" if j else ""
+            phases[idx[(k, j)]] = Phase(grads=tuple(nm for nm in names if nm.endswith(f"_l{k}{sfx}")),
+                                        temp=max(temp, 0), keep=keep, inputs=inputs, workspace=max(ws, 0),
+                                        frees=tuple(frees))
+        for k in range(1, a.layers):
+            if a.dropout:  # dropout's backward: the gradient of the layer below's outputs; the mask goes
+                phases[idx[("drop", k)]] = Phase(
+                    keep=((t * b * d * h * s, idx[(k - 1, 0)]),),
+                    frees=tuple(i for i, (_, tag) in enumerate(tagged) if tag == ("between", k - 1, "mask")))
+        fp.phases = phases
+        return fp
 
     def _saved_layer(self, a, b, t, width, s, first: bool, last: bool, sl: int = 0) -> list[Saved]:
         """oneDNN's LSTM layer (mkldnn_rnn_layer) keeps its input (the first layer's as a

@@ -603,6 +603,8 @@ class _Model:
             pl.fwd, pl.bwd = int(fp.fwd_peak), int(fp.bwd_peak)
             pl.grad_views = fp.grad_views
             pl.frees_saved = fp.frees_saved
+            pl.phases = [(tuple(ph.grads), int(ph.temp), tuple((int(b), u) for b, u in ph.keep), ph.inputs,
+                          int(ph.workspace), tuple(ph.frees)) for ph in fp.phases]
             pl.in_rg, pl.out_rg = in_rg, out_rg
             pl.in_grad = in_rg
             pl.cast_w = cast_w
@@ -763,7 +765,7 @@ class _Plan:
     """One node's memory behaviour for one binding of the dims, as plain numbers."""
 
     __slots__ = ("nid", "node", "ins", "casts", "in_bytes", "prod_bytes", "out_bytes", "out_types", "op_in", "views",
-                 "saved", "fwd", "bwd", "grad_views", "frees_saved", "in_rg", "out_rg", "in_grad", "cast_w", "params", "seg",
+                 "saved", "fwd", "bwd", "grad_views", "frees_saved", "phases", "in_rg", "out_rg", "in_grad", "cast_w", "params", "seg",
                  "fwd_at", "bwd_at", "rec_at")
 
 
@@ -983,6 +985,7 @@ class _Sim:
             self.inputs_bytes += L.size[self.targets]
         L.check("start of step")
         self.saved_by: dict[int, list[int]] = {}
+        self.saved_at: dict[int, dict[int, int]] = {}  # phased backward: saved entry -> storage
         self.seg_inputs: dict[int, list[int]] = {}
         self.seg_keys: dict[int, list] = {}
         self.seg_state: dict[int, int] = {}
@@ -1084,7 +1087,10 @@ class _Sim:
             transient = 0
             if grad and pl.saved:
                 kept: list[int] = []
-                for kind, arg in pl.saved:
+                at = self.saved_at[pl.nid] = {} if pl.phases and keep_saved else None
+                for idx, (kind, arg) in enumerate(pl.saved):
+                    if at is not None:  # a phased backward frees its saved tensors by index
+                        at[idx] = len(kept)
                     if kind == 3:
                         if keep_saved:
                             sid = L.alloc(arg, "activations")
@@ -1112,6 +1118,9 @@ class _Sim:
                         self._attribute(sid, pl.node)
                 if keep_saved:
                     self.saved_by[pl.nid] = kept
+                if at is not None:  # entry -> its storage, for the entries kept (not parameters)
+                    ends = list(at.values())[1:] + [len(kept)]
+                    self.saved_at[pl.nid] = {i: kept[p] for (i, p), e in zip(at.items(), ends) if e > p}
             L.check(pl.rec_at if recompute else pl.fwd_at, pl.fwd + transient)
             if detail:
                 r = self.nm(pl.node)
@@ -1314,10 +1323,24 @@ class _Sim:
     def node_backward(self, pl: _Plan, got: list) -> None:
         m, L, c = self.m, self.live, self.c
         grads = self.grads
+        if pl.phases:
+            new_grads = self._phased_backward(pl, got)
+        else:
+            new_grads = self._one_step_backward(pl, got)
+        for j, g in enumerate(got):  # the node's output gradients and saved tensors go
+            if g is not None:
+                L.unref(g)
+                del grads[(pl.nid, j)]
+        self._node_backward_end(pl, new_grads)
+
+    def _param_grads(self, pl: _Plan, names=None) -> tuple[list, list]:
+        """Allocate the gradients of the node's parameters (those in `names`, or all):
+        (pending float32 copies, transient low-precision gradients)."""
+        L = self.live
         pending: list[tuple[str | None, int]] = []
         transient: list[int] = []
         for name, key, trainable, op_bytes, final_bytes in pl.params:  # gradients of the parameters
-            if not trainable:
+            if not trainable or names is not None and name not in names:
                 continue
             if self._zero_params:  # copied into ZeRO's buffers
                 transient.append(L.alloc(op_bytes, "gradient buffers"))
@@ -1330,9 +1353,22 @@ class _Sim:
                 pending.append((key, final_bytes))
             else:
                 self.grad_sid[key] = L.alloc(final_bytes, "gradients")
-        if pl.frees_saved:  # unrolled over time: saved tensors go as the steps' backward runs (the
-            for sid in self.saved_by.pop(pl.nid, ()):  # op's bwd_peak says what is left at the high point)
-                L.unsave(sid)
+        return pending, transient
+
+    def _grad_copies(self, pl: _Plan, pending: list, transient: list) -> None:
+        L = self.live
+        for key, nbytes in pending:  # ToCopyBackward, then AccumulateGrad
+            sid = L.alloc(nbytes, "gradients" if key else "gradient buffers")
+            L.check(pl.bwd_at)
+            if key:
+                self.grad_sid[key] = sid
+            else:
+                L.unref(sid)
+        for sid in transient:
+            L.unref(sid)
+
+    def _input_grads(self, pl: _Plan, got: list) -> dict[int, int]:
+        L = self.live
         new_grads: dict[int, int] = {}
         for i, needed in enumerate(pl.in_rg):  # gradients of the inputs
             if not needed:
@@ -1343,23 +1379,61 @@ class _Sim:
                 new_grads[i] = got[j]
             else:
                 new_grads[i] = L.alloc(pl.in_bytes[i], "gradient buffers")
+        return new_grads
+
+    def _one_step_backward(self, pl: _Plan, got: list) -> dict[int, int]:
+        L = self.live
+        pending, transient = self._param_grads(pl)
+        if pl.frees_saved:  # unrolled over time: saved tensors go as the steps' backward runs (the
+            for sid in self.saved_by.pop(pl.nid, ()):  # op's bwd_peak says what is left at the high point)
+                L.unsave(sid)
+        new_grads = self._input_grads(pl, got)
         L.check(pl.bwd_at, pl.bwd)
         if self.detail:
             r = self.nm(pl.node)
             r.workspace = max(r.workspace, pl.bwd)
-        for key, nbytes in pending:  # ToCopyBackward, then AccumulateGrad
-            sid = L.alloc(nbytes, "gradients" if key else "gradient buffers")
-            L.check(pl.bwd_at)
-            if key:
-                self.grad_sid[key] = sid
-            else:
+        self._grad_copies(pl, pending, transient)
+        return new_grads
+
+    def _phased_backward(self, pl: _Plan, got: list) -> dict[int, int]:
+        """The node's backward as the steps its op lists (`Footprint.phases`, ops/base.py Phase)."""
+        L = self.live
+        at = self.saved_at.pop(pl.nid, None)  # None: checkpointed, its saved tensors recomputed
+        if at is None and pl.nid in self.saved_by:
+            at = {}
+        kept = self.saved_by.get(pl.nid, [])
+        held: dict[int, list[int]] = {}
+        new_grads: dict[int, int] = {}
+        for k, (names, temp, keep, inputs, workspace, frees) in enumerate(pl.phases):
+            tmp = L.alloc(temp, "gradient buffers")
+            for nbytes, until in keep:
+                held.setdefault(until if until >= 0 else k, []).append(L.alloc(nbytes, "gradient buffers"))
+            if inputs:
+                new_grads = self._input_grads(pl, got)
+            pending, transient = self._param_grads(pl, names)
+            L.check(pl.bwd_at, workspace)
+            if self.detail:
+                r = self.nm(pl.node)
+                r.workspace = max(r.workspace, workspace)
+            L.unref(tmp)
+            self._grad_copies(pl, pending, transient)
+            for i in frees:
+                sid = at.pop(i, None) if at else None
+                if sid is not None and sid in kept:
+                    kept.remove(sid)
+                    L.unsave(sid)
+            for sid in held.pop(k, []):
                 L.unref(sid)
-        for sid in transient:
-            L.unref(sid)
-        for j, g in enumerate(got):  # the node's output gradients and saved tensors go
-            if g is not None:
-                L.unref(g)
-                del grads[(pl.nid, j)]
+        for sids in held.values():
+            for sid in sids:
+                L.unref(sid)
+        if not any(ph[3] for ph in pl.phases):
+            new_grads = self._input_grads(pl, got)
+        return new_grads
+
+    def _node_backward_end(self, pl: _Plan, new_grads: dict[int, int]) -> None:
+        m, L = self.m, self.live
+        grads = self.grads
         for sid in self.saved_by.pop(pl.nid, ()):
             L.unsave(sid)
         seg = pl.seg
