@@ -101,8 +101,47 @@ def test_conv_lstm_saved(mode, inline_spec):
     check(compare("convlstm", mode, inline_spec), peak=False)
 
 
-@pytest.mark.xfail(reason="the frame-by-frame backward is modelled at its first frame only (the weight "
-                   "gradient's accumulation over frames and the frames' freed tensors are not replayed)")
-@pytest.mark.parametrize("mode", ["fp32", "bf16"])
+@pytest.mark.parametrize("mode", ["fp32", pytest.param("bf16", marks=pytest.mark.xfail(
+    reason="the `conv` rule's bf16 input-gradient scratchpad (2 x ONEDNN_BRGCONV_SCRATCH per thread) is "
+    "larger than oneDNN's at 16 -> 32 channels on 8x8 frames (82 KB measured): +6.9%; with the measured "
+    "figure the frame-by-frame replay is within 0.01%"))])
 def test_conv_lstm_peak(mode, inline_spec):
+    """The backward replayed frame by frame (`Footprint.phases`): each frame's elementwise part
+    frees its gate activations and hands c's gradient on, then the gate convolution's backward
+    (the `conv` rule on one frame) with the weight gradient accumulated in place; the frames'
+    [x_t, h] gradients wait to be stacked into the input's."""
     check(compare("convlstm", mode, inline_spec), saved=False)
+
+
+@pytest.mark.xfail(reason="tiny GRUs under autocast (hidden 16) are 8-11% low: not yet traced (textgru, hidden "
+                   "64, is within 2%: its peak is the forward's)")
+@pytest.mark.parametrize("name", ["gru", "gru-uni"])
+def test_gru_bf16_peak(name, inline_spec):
+    """ATen's GRU backward step by step under autocast (bf16 linears, float32 state)."""
+    check(compare(name, "bf16", inline_spec), saved=False)
+
+
+def test_gru_phases():
+    """One phase per step of each layer and direction (top layer, reverse direction first), then
+    the stacked input projection gradient and its backward; steps between the first and the last
+    hold the out-of-place sum of the hidden weights' gradients (3 x |weight_hh| with .grad)."""
+    from archc.compiler.devices import DEVICES
+    from archc.compiler.ir import TensorType
+    from archc.compiler.ops.base import REGISTRY, MemoryContext
+
+    gru = REGISTRY["gru"]
+    a = gru.Attrs(hidden=16, layers=2, bidirectional=True)
+    x = TensorType((2, 5, 8), "float32")
+    outs = gru.infer(a, [x])
+    params = {n: (shp, "float32") for n, shp in gru.params(a, [x]).items()}
+    ctx = MemoryContext(DEVICES["cpu"], [x], outs, [True], True, params=params)
+    fp = gru.footprint(a, [x], outs, ctx)
+    assert len(fp.phases) == 2 * 2 * (5 + 2)
+    steps = fp.phases[:5]
+    assert steps[0].grads == ("weight_hh_l1_reverse", "bias_hh_l1_reverse")
+    assert [p.workspace for p in steps] == [0, 3 * 16 * 16 * 4, 3 * 16 * 16 * 4, 3 * 16 * 16 * 4, 0]
+    assert fp.phases[6].grads == ("weight_ih_l1_reverse", "bias_ih_l1_reverse")
+    # every step's saved entry is freed once, by its own step
+    freed = [i for p in fp.phases for i in p.frees]
+    assert len(freed) == len(set(freed))
+    assert sum(s.bytes for i, s in enumerate(gru.saved(a, [x], outs, ctx)) if s.kind == "new") > 0

@@ -470,7 +470,100 @@ class GRU(Recurrent):
         under autocast): all but the last step's (the first one's is the initial state)."""
         h, sl = a.hidden, sl or s
         out = [Saved.new(t * b * width * sl, "the input, time-major (a copy, or its cast)")] if first else []
-        return out + [Saved.new(t * b * h * (5 * sl + s) + (t - 1) * b * h * sl, "gates and states over time")]
+        if not isinstance(t, int):  # a symbolic length: the steps as one entry
+            return out + [Saved.new(t * b * h * (5 * sl + s) + (t - 1) * b * h * sl, "gates and states over time")]
+        # one entry per step (in the order they run), freed as the backward reaches it
+        return out + [Saved.new(b * h * (5 * sl + s) + (b * h * sl if i else 0), f"step {i}: gates and state")
+                      for i in range(t)]
+
+    def footprint(self, a, ins, outs, ctx):
+        """On the CPU the backward runs ATen's GRU as torch's engine meets it (`Footprint.phases`):
+        layer by layer from the top, the reverse direction first, each direction's steps from the
+        last it ran to the first. Each step frees its gates and state, hands the gradient of its
+        hidden state to the next and keeps the gradient of its slice of the input projection
+        (until they are stacked); the hidden weights' gradient of each step is summed into the
+        earlier ones out of place (the sum of two transposed gradients: old, new and their sum
+        alive together; the first step's becomes the sum, the last is added in place). When a
+        direction's steps are done, the input projection's gradient is stacked, then its
+        backward makes the input weights' gradients and the gradient of the direction's input
+        (handed to the layer below, summed with the other direction's), and the direction's
+        input copy and weights go; dropout's backward runs between layers."""
+        fp = super().footprint(a, ins, outs, ctx)
+        t = ins[0].shape[1]
+        if not (ctx.any_grad and ctx.device is not None and ctx.device.rnn == "aten") or not isinstance(t, int):
+            return fp
+        tagged = self._saved_tagged(a, ins, outs, ctx)
+        f, d = self._check(a, ins)
+        b, h = ins[0].shape[0], a.hidden
+        s, sl = self._dtypes(ins, ctx)
+        g = self.gates * h
+        names = list(self.params(a, ins))
+        widths = self._inputs(a, f, d)
+        order = [(k, j) for k in reversed(range(a.layers)) for j in reversed(range(d))]
+        idx, n = {}, 0
+        for k in reversed(range(a.layers)):
+            for j in reversed(range(d)):
+                idx[(k, j)] = n  # its first step; then its stack and its input projection's backward
+                n += t + 2
+            if k and a.dropout:
+                idx[("drop", k)] = n
+                n += 1
+        phases: list[Phase] = [Phase() for _ in range(n)]
+        last = n - 1
+        entries: dict = {}  # (k, j) -> [indices of its tagged entries]
+        for i, (_, tag) in enumerate(tagged):
+            if tag[0] == "layer":
+                entries.setdefault((tag[1], tag[2]), []).append(i)
+        for k, j in order:
+            width, first = widths[k], j == d - 1
+            sfx = "_reverse" if j else ""
+            w_hh = f"weight_hh_l{k}{sfx}"
+            whh = ctx.param_bytes(w_hh) if ctx.weights_grad and w_hh in ctx.params else 0
+            mine = entries.get((k, j), [])
+            steps, copy = mine[-t:], mine[:-t]
+            i0 = idx[(k, j)]
+            mixed = sl != s  # autocast: 16-bit gradients of the weights' casts, summed, copied at the end
+            for r in range(t):
+                grads = tuple(nm for nm in (w_hh, f"bias_hh_l{k}{sfx}") if nm in names) if r == 0 else (w_hh,)
+                keep = ((b * g * s, i0 + t),)  # the step's input projection gradient, until stacked
+                keep += ((b * h * s, i0 + r + 1 if r < t - 1 else -1),)  # its hidden state's, to the next step
+                temp = 0
+                if mixed:
+                    if r == 0 and whh:  # held until the casts' backward copies them, after the layers
+                        keep += ((whh + (ctx.param_bytes(f"bias_hh_l{k}{sfx}") if a.bias else 0), last),)
+                    else:
+                        temp = whh
+                    grads = ()
+                phases[i0 + r] = Phase(grads=grads if ctx.weights_grad else (), keep=keep, temp=temp,
+                                       workspace=whh if 0 < r < t - 1 else 0,
+                                       frees=(steps[t - 1 - r],) if len(steps) == t else ())
+            phases[i0 + t] = Phase(keep=((t * b * g * s, i0 + t + 1),))  # the stacked projection gradient
+            keep, inputs = (), False
+            if k == 0 and first and ctx.requires_grad and ctx.requires_grad[0]:
+                inputs = True
+            elif not first or k == 0:
+                keep = ((t * b * width * s, i0 + t + 1),)  # summed into the other direction's, or not needed
+            else:
+                keep = ((t * b * width * s, idx[("drop", k)] if a.dropout else idx[(k - 1, 0)] + t + 1),)
+            frees = list(copy) + [i for i, (_, tag) in enumerate(tagged) if tag == ("param", k, j)
+                                  or j == 0 and k > 0 and tag == ("between", k - 1, "out")]
+            if i0 + t + 1 == last:
+                frees += [i for i, (_, tag) in enumerate(tagged) if tag == ("state",)]
+            ih = tuple(nm for nm in (f"weight_ih_l{k}{sfx}", f"bias_ih_l{k}{sfx}") if nm in names)
+            if mixed and ctx.weights_grad:
+                keep = keep + ((sum(ctx.param_bytes(nm) for nm in ih), last),)
+            phases[i0 + t + 1] = Phase(grads=ih if ctx.weights_grad and not mixed else (),
+                                       keep=keep, inputs=inputs, frees=tuple(frees))
+        for k in range(1, a.layers):
+            if a.dropout:  # dropout's backward: the gradient of the layer below's outputs; the mask goes
+                phases[idx[("drop", k)]] = Phase(
+                    keep=((t * b * d * h * s, idx[(k - 1, 0)] + t + 1),),
+                    frees=tuple(i for i, (_, tag) in enumerate(tagged) if tag == ("between", k - 1, "mask")))
+        if sl != s and ctx.weights_grad:  # the weights' casts' backward: float32 copies, after every layer
+            phases.append(Phase(grads=tuple(names)))
+        fp.phases = phases
+        fp.frees_saved, fp.bwd_peak = False, 0
+        return fp
 
 
 # -- conv_lstm -----------------------------------------------------------------------------
@@ -557,53 +650,124 @@ class ConvLSTM(Op):
         call = "{m}({0}, {1})" if len(ins) > 1 else "{m}({0})"
         return Module(CONV_LSTM_MODULE, (c, a.hidden, a.kernel), kw, call=call)
 
+    def _dtypes(self, ins, ctx) -> tuple[int, int]:
+        """(bytes of the state's dtype, the input's: h_0 and c_0 are x.new_zeros; bytes of the gate
+        convolution's dtype: 16 bits under autocast)."""
+        s = dtype_bytes(ins[0].dtype)
+        w = ctx.params.get("conv.weight")
+        return s, (dtype_bytes(w[1]) if w else s)
+
     def saved(self, a, ins, outs, ctx):
         if not ctx.any_grad:
             return []
+        return [x for x, _ in self._saved_tagged(a, ins, outs, ctx)]
+
+    def _saved_tagged(self, a, ins, outs, ctx) -> list[tuple[Saved, tuple]]:
+        """What the runtime's `ConvLSTM.step` keeps, frame by frame, each entry with who keeps it:
+        ("param",), ("cat", t) (the gate convolution's input [x_t, h_{t-1}], its 16-bit cast under
+        autocast), ("gates", t) (sigmoid(i, f, o) and tanh(g) in the convolution's dtype, tanh(c_t)
+        in the state's), ("c", t) (c_{t-1}, kept by f·c: the initial state at t = 0), ("last",)
+        (peephole: w_co·c_T keeps the last cell state)."""
         x = ins[0]
-        s = dtype_bytes(x.dtype)  # the state's dtype: the input's (h_0 and c_0 are x.new_zeros)
-        w = ctx.params.get("conv.weight")
-        sl = dtype_bytes(w[1]) if w else s  # the gate convolution's (16 bits under autocast)
+        s, sl = self._dtypes(ins, ctx)
         b, _, t, hh, ww = x.shape
-        frames = b * t * hh * ww  # one channel over every frame
+        u = b * hh * ww  # one channel of one frame
         c, _ = self._check(a, ins)
         hid = a.hidden
-        # per frame (runtime ConvLSTM.step): the convolution's input cat([x_t, h]) (its 16-bit
-        # cast under autocast), the four gate activations' outputs sigmoid(i, f, o) and tanh(g)
-        # in the convolution's dtype, c_{t-1} (kept by f·c) and tanh(c_t) in the state's
-        out = [Saved.param("conv.weight"),
-               Saved.new(frames * ((c + hid) * sl + 4 * hid * sl + hid * s), "[x_t, h_{t-1}] and the gates, per frame"),
-               Saved.new((t - 1) * b * hid * hh * ww * s, "cell states c_1 .. c_{T-1}")]
-        out.append(Saved.input(1) if len(ins) > 1 else Saved.new(b * hid * hh * ww * s, "zero initial state"))
+        out = [(Saved.param("conv.weight"), ("param",))]
+        if not isinstance(t, int):  # a symbolic frame count: the frames as one entry
+            out.append((Saved.new(t * u * ((c + hid) * sl + 4 * hid * sl + 2 * hid * s), "frames"), ("frames",)))
+            if len(ins) > 1:  # the given state was counted as c_0 above: keep it as it is
+                out[-1] = (Saved.new(t * u * ((c + hid) * sl + 4 * hid * sl + 2 * hid * s) - u * hid * s, "frames"),
+                           ("frames",))
+                out.append((Saved.input(1), ("c", 0)))
+            return out
+        for k in range(t):
+            out.append((Saved.new(u * (c + hid) * sl, f"frame {k}: [x_t, h_(t-1)]"), ("cat", k)))
+            out.append((Saved.new(u * (4 * hid * sl + hid * s), f"frame {k}: the gates and tanh(c_t)"), ("gates", k)))
+            if k == 0:
+                out.append((Saved.input(1) if len(ins) > 1 else Saved.new(u * hid * s, "zero initial state"),
+                            ("c", 0)))
+            else:
+                out.append((Saved.new(u * hid * s, f"frame {k}: c_(t-1)"), ("c", k)))
         if a.peephole:  # w_co·c_t keeps the last cell state too
-            out.append(Saved.new(b * hid * hh * ww * s, "the last cell state"))
+            out.append((Saved.new(u * hid * s, "the last cell state"), ("last",)))
         return out
 
     def footprint(self, a, ins, outs, ctx):
-        """The backward runs frame by frame from the last; its high point is the first frame it
-        meets, with everything still saved: that frame's gate gradients (4·hidden channels, joined
-        by `chunk`'s backward), the gradient of the convolution's input and the convolution's own
-        backward workspace (the `conv` rule on one frame)."""
+        """The backward runs the per-frame graph from the last frame to the first (`Footprint.phases`),
+        two steps per frame: the elementwise part (h = o·tanh(c), c = f·c + i·g, the gate
+        activations' backward: the frame's gate activations, tanh(c_t) and c_(t-1) go, the gradient
+        of c_(t-1) is handed to the frame before), then the gate convolution's backward: the
+        gates' gradient (4·hidden channels, `chunk`'s backward joins them), the gradient of
+        [x_t, h_(t-1)] (kept while the frames' x_t gradients wait to be stacked into the input's
+        gradient, or until the frame before reads its h slice), the weight and bias gradients
+        (accumulated in place over the frames) and the `conv` rule's backward workspace on one
+        frame; the frame's [x_t, h_(t-1)] goes. Under autocast the 16-bit [x_t, h] gradient is
+        copied to float32 (a third step) and the 16-bit weight gradients are summed over the
+        frames before their float32 copy. Last, the input's gradient (the frames' stacked)."""
         if not ctx.any_grad:
             return Footprint()
         from .base import REGISTRY, MemoryContext
 
         x = ins[0]
         c, ks = self._check(a, ins)
-        b, _, _, hh, ww = x.shape
+        b, _, t, hh, ww = x.shape
+        if not isinstance(t, int):
+            return Footprint()
+        s, sl = self._dtypes(ins, ctx)
+        mixed = sl != s
+        hid, u = a.hidden, b * hh * ww
         w = ctx.params.get("conv.weight")
         low = w[1] if w else x.dtype
-        frame_in = TensorType((b, c + a.hidden, hh, ww), low)
-        gates = TensorType((b, 4 * a.hidden, hh, ww), low)
+        frame_in = TensorType((b, c + hid, hh, ww), low)
+        gates = TensorType((b, 4 * hid, hh, ww), low)
         conv = REGISTRY["conv"]
-        attrs = conv.Attrs(out=4 * a.hidden, kernel=list(ks), padding=[k // 2 for k in ks], bias=a.bias)
-        params = {"weight": ((4 * a.hidden, c + a.hidden) + tuple(ks), low)}
+        attrs = conv.Attrs(out=4 * hid, kernel=list(ks), padding=[k // 2 for k in ks], bias=a.bias)
+        params = {"weight": ((4 * hid, c + hid) + tuple(ks), low)}
         if a.bias:
-            params["bias"] = ((4 * a.hidden,), low)
-        sub = MemoryContext(ctx.device, [frame_in], [gates], [True], ctx.weights_grad, ctx.training, [], False, params)
-        fp = conv.footprint(attrs, [frame_in], [gates], sub)
-        per = dtype_bytes(low)
-        return Footprint(bwd_peak=(4 * a.hidden + c + a.hidden) * b * hh * ww * per + fp.bwd_peak)
+            params["bias"] = ((4 * hid,), low)
+
+        def conv_ws(rg: bool):
+            sub = MemoryContext(ctx.device, [frame_in], [gates], [rg], ctx.weights_grad, ctx.training, [], False,
+                                params)
+            return conv.footprint(attrs, [frame_in], [gates], sub).bwd_peak
+
+        in_grad = bool(ctx.requires_grad and ctx.requires_grad[0])
+        # the first frame's [x_0, zeros] needs no gradient when x does not and no state is given
+        first_rg = in_grad or len(ins) > 1 and len(ctx.requires_grad) > 1 and ctx.requires_grad[1]
+        tagged = self._saved_tagged(a, ins, outs, ctx)
+        conv_names = tuple(n for n in ("conv.weight", "conv.bias") if n in ctx.params)
+        peep = tuple(n for n in ("w_ci", "w_cf", "w_co") if n in ctx.params)
+        wbytes = sum(ctx.param_bytes(n) for n in conv_names) if mixed and ctx.weights_grad else 0
+        per = 3 if mixed else 2
+        ia = {k: per * (t - 1 - k) for k in range(t)}  # frame k's first step
+        end = per * t  # the last step: the input's gradient
+        phases: list[Phase] = []
+        for k in reversed(range(t)):
+            rg = k > 0 or first_rg
+            frees = tuple(i for i, (_, tag) in enumerate(tagged)
+                          if tag in (("gates", k), ("c", k)) or tag == ("last",) and k == t - 1)
+            # the gradient of c_(t-1), read by the frame before
+            phases.append(Phase(grads=peep, keep=((u * hid * s, ia[k - 1] if k else -1),), frees=frees))
+            after = end if in_grad else (ia[k - 1] if k else -1)  # [x_t, h]'s gradient, or its float32 copy
+            cat_grad = ()
+            if rg:
+                cat_grad = ((u * (c + hid) * sl, ia[k] + 2 if mixed else after),)
+            temp = u * 4 * hid * sl
+            keep = cat_grad
+            if mixed and ctx.weights_grad:  # 16-bit weight gradients summed over the frames
+                if k == t - 1:
+                    keep = keep + ((wbytes, ia[0] + 1),)
+                else:
+                    temp += wbytes
+            phases.append(Phase(grads=() if mixed else conv_names, temp=temp, keep=keep, workspace=conv_ws(rg),
+                                frees=tuple(i for i, (_, tag) in enumerate(tagged) if tag == ("cat", k))))
+            if mixed:  # ToCopyBackward: [x_t, h]'s gradient in float32
+                phases.append(Phase(keep=((u * (c + hid) * s, after),) if rg else ()))
+        phases.append(Phase(grads=conv_names if mixed else (), inputs=True,
+                            frees=tuple(i for i, (_, tag) in enumerate(tagged) if tag == ("param",))))
+        return Footprint(phases=phases)
 
 
 # -- temporal ops --------------------------------------------------------------------------
