@@ -113,8 +113,10 @@ def test_conv_lstm_peak(mode, inline_spec):
     check(compare("convlstm", mode, inline_spec), saved=False)
 
 
-@pytest.mark.xfail(reason="tiny GRUs under autocast (hidden 16) are 8-11% low: not yet traced (textgru, hidden "
-                   "64, is within 2%: its peak is the forward's)")
+@pytest.mark.xfail(reason="tiny GRUs under autocast (hidden 16) are 8-11% low: the peak is the bf16 mm of the "
+                   "input projection's weight gradient, whose oneDNN brgemm-matmul scratchpad (17,152 B at "
+                   "[48, 12] @ [12, 16]; 21,248 B at [48, 12] @ [12, 32]) no rule books; with the measured "
+                   "figure as the phase's workspace: 0.995 (gru), 1.032 (gru-uni)")
 @pytest.mark.parametrize("name", ["gru", "gru-uni"])
 def test_gru_bf16_peak(name, inline_spec):
     """ATen's GRU backward step by step under autocast (bf16 linears, float32 state)."""
