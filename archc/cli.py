@@ -33,7 +33,6 @@ def _value(text: str):
     """A --set value, read as an .arch expression (`64`, `true`, `[1, 2]`, `relu`); else a string."""
     from .compiler.elaborate import Elaborator, Scope
     from .compiler.resolve import Program as Resolved
-    from .grammar import ast as A
     from .grammar.parser import parse
 
     try:

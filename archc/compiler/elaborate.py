@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from ..grammar import ast as A
 from .diagnostics import CompileError, Diagnostic, Span, deep_recursion, did_you_mean
-from .dims import NotStatic, Sym, fmt_shape
+from .dims import NotStatic, Sym
 from .ir import CallSite, Graph, TensorType, Value
 from .ops import REGISTRY, ShapeError
 from .ops.base import Op

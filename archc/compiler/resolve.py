@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..grammar import ast as A
 from ..grammar.parser import parse
-from .diagnostics import CompileError, Diagnostic, Span, deep_recursion, did_you_mean
+from .diagnostics import CompileError, Diagnostic, deep_recursion, did_you_mean
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 BUILTINS = ("range", "len", "min", "max", "abs", "choice", "cell")
@@ -144,7 +144,6 @@ def _import(prog: Program, imp: A.Import, base: Path, stack: list[str], errors: 
 
 def check_names(prog: Program, op_names, files: list[str] | None = None) -> list[Diagnostic]:
     """Unknown names in every block and model body (flow-insensitive)."""
-    globals_ = set(prog.lets) | set(prog.blocks) | set(op_names) | set(BUILTINS)
     with deep_recursion():
         return _check_names(prog, op_names, files)
 

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
 from ..compiler.diagnostics import (CompileError, Diagnostic, Span, deep_recursion, register_source, show_char,
                                     source_lines)

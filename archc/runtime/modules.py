@@ -331,7 +331,6 @@ class Supernet(nn.Module):
 def mixed(alpha, candidates, relax: str, training: bool):
     """A mixed operation: candidates weighted by softmax(α) (DARTS) or a hard
     Gumbel-softmax sample (GDAS), which still passes gradients to α."""
-    import torch
     import torch.nn.functional as F
 
     if relax == "gumbel":

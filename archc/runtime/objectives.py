@@ -16,13 +16,12 @@ Imports torch, never the compiler.
 """
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import os
 import random
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ema as ema_mod
-from .train.loop import Callback, FitResult, TrainConfig, TrainState, evaluate, fit, make_optimizer, seed_everything
+from .train.loop import Callback, FitResult, TrainConfig, TrainState, evaluate, fit, make_optimizer
 
 # -- reference computations and the modules the ops lower to -------------------------------
 

@@ -53,7 +53,7 @@ def test_strategy_end_to_end(strategy, tmp_path, capsys):
 
 
 def test_grid_visits_every_candidate_once(tmp_path):
-    spec = write_spec(tmp_path, f'search G for Tiny() {{\n    strategy("grid", trials=10)\n    FAST\n}}\n')
+    spec = write_spec(tmp_path, 'search G for Tiny() {\n    strategy("grid", trials=10)\n    FAST\n}\n')
     assert run_cli(str(spec), "--plan", "G", "--threads", "1", "--quiet", "-o", str(tmp_path / "g.arch")) == 0
     study = study_of(spec, "G")
     seen = sorted((t.params["width"], t.params["act"]) for t in study.trials)

@@ -366,7 +366,6 @@ class MultiHeadAttention(Op):
         # test, besides the kept copies) or the end (everything kept, the heads' output and
         # its merged copy, the output projection's result)
         kept_core = sum(x.bytes for x in saved_core)
-        new_proj = sum(x.bytes for x in saved if x.kind == "new")
         cp = (q_b + 2 * kv_b) * up // dsz if up != dsz else 0  # float32 copies of q, k, v
         causal = 3 * t * s if a.causal else 0
         m1 = cp + b * t * d * up + 2 * b * s * d * up + b * s * d * up + 2 * probs + probs // up + causal

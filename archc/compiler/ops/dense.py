@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..ir import TensorType
-from .base import Attrs, Footprint, Module, Op, Saved, ShapeError, expect_rank, register, static_int, view_strides
+from .base import Attrs, Footprint, Module, Op, Saved, ShapeError, register, static_int, view_strides
 
 
 class LinearAttrs(Attrs):

@@ -10,7 +10,7 @@ from typing import Literal
 
 from ..dims import Dim, Sym, numel
 from ..ir import TensorType
-from .base import Attrs, Code, Footprint, Op, Saved, ShapeError, contiguous_strides, register, static_int, view_strides
+from .base import Attrs, Code, Footprint, Op, ShapeError, contiguous_strides, register, static_int, view_strides
 from .conv import per_axis, spatial
 
 

@@ -410,7 +410,7 @@ def check_inputs(graph: Graph, plan) -> list[Diagnostic]:
             continue
         integer = role in ("label", "pretext", "text")
         if integer and t.dtype not in ("int64", "int32"):
-            bad(f"input `{name}` receives integer ids, but it is declared {t}", help=f"declare it int64")
+            bad(f"input `{name}` receives integer ids, but it is declared {t}", help="declare it int64")
             continue
         if not integer and not is_float(t.dtype):
             bad(f"input `{name}` receives float data, but it is declared {t}", help="declare it float32")
