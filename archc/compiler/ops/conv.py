@@ -113,10 +113,10 @@ class Conv(Op):
     def footprint(self, a, ins, outs, ctx):
         if ctx.device is None or ctx.device.conv != "onednn":
             return Footprint()  # cuDNN: its workspace is not modelled (docs/memory.md)
-        n, cin, ks, _, ds = self._geom(a, ins[0])
+        n, cin, ks, ss, ds = self._geom(a, ins[0])
         x, y = ins[0], outs[0]
         pads = _front_pads(a, n, ks, ds)
-        fp = _onednn(ctx, cin, a.out, a.groups, numel(ks), (x, y, ks, per_axis(a.stride, n, "stride", "conv"), pads, ds))
+        fp = _onednn(ctx, cin, a.out, a.groups, numel(ks), (x, y, ks, ss, pads, ds))
         if n == 3 and ctx.weights_grad and a.groups == 1 and ctx.ins[0].dtype == "float32":
             if pads[0] > 0 and ks[0] >= static_int(x.shape[2], "conv's input depth") + pads[0]:
                 fp = _gemm_weight_grad(ctx, fp, cin, ks, y)
@@ -188,6 +188,13 @@ class ConvTranspose(Op):
     def footprint(self, a, ins, outs, ctx):
         if ctx.device is None or ctx.device.conv != "onednn":
             return Footprint()
+        if ctx.ins[0].dtype in ("bfloat16", "float16") and a.groups == 1:
+            # half precision (AMX): oneDNN's deconvolution runs its backward as convolutions of
+            # the swapped problem (ONEDNN_VERBOSE: brg_conv_fwd for the input gradient,
+            # brgconv_bwd_w reading the output gradient as its input): the `conv` rules with
+            # the channel counts and the input and output exchanged
+            _, cin, ks, ss, ps, _, ds = self._geom(a, ins[0])
+            return _onednn(ctx, a.out, cin, 1, numel(ks), (outs[0], ins[0], ks, ss, ps, ds))
         # oneDNN's deconvolution: a column buffer the size of the output plus reorders.
         i, o, w = ctx.in_bytes(0), ctx.out_bytes(0), ctx.param_bytes("weight")
         return Footprint(fwd_peak=i + o + w, bwd_peak=i + o)
@@ -334,11 +341,8 @@ def _onednn(ctx, cin: int, cout: int, groups: int, kvol: int = 1, geom=None) -> 
     plain = cin < plain_below or groups > 1
     need_i, need_w = ctx.requires_grad[0], ctx.weights_grad
     if ctx.ins[0].dtype in ("bfloat16", "float16"):
-        # half precision: no output padding, but scratchpads that scale with the (padded)
-        # weight (measured): about 2x in the forward; for the weight gradient a blocked
-        # copy (float32 with padded channels unless they are whole blocks) and per-thread
-        # float32 accumulators, or a buffer of up to the output's size (capped: it is tiled,
-        # and does not grow with the batch)
+        # half precision: no output padding, channels-last copies and oneDNN's scratchpads
+        # (AMX brgemm kernels; docs/memory.md says which parts are derived and which fitted)
         wp = w * up(cout) // cout * (1 if plain else up(cin)) // (1 if plain else cin)
         threads = getattr(ctx.device, "threads", 1) or 1
         per = scratch_1x1 if kvol == 1 else scratch_k
@@ -356,7 +360,8 @@ def _onednn(ctx, cin: int, cout: int, groups: int, kvol: int = 1, geom=None) -> 
         brg = geom is not None and groups == 1
         # the input gradient: the output gradient and the input in channels-last, the weight
         # reordered; AMX runs it as the forward kernel on the swapped problem (its scratchpad)
-        p1 = o + wp + i + (threads * per if brg and cin >= plain_below else max(2 * wp, i)) if need_i else 0
+        bwd_d = threads * per if brg and cin >= plain_below else max(2 * wp, i)
+        p1 = o + wp + i + bwd_d if need_i else 0
         held = i if need_i else 0
         whole = cout % blk == 0
         # the weight gradient: a blocked copy (float32, padded, unless the channels fill whole
@@ -364,8 +369,11 @@ def _onednn(ctx, cin: int, cout: int, groups: int, kvol: int = 1, geom=None) -> 
         wf = w * 2 * up(cout) // cout * up(cin) // cin
         gw = wp if whole and not plain else wf
         if brg:
-            scratch = brgconv_bwd_w_scratch(threads, *geom, bias="bias" in ctx.params)
-        else:
+            # AMX: a 16-bit blocked gradient, output channels padded to a block and input
+            # channels to a pair of blocks (transformed to VNNI two input-channel blocks at a time)
+            gw = w * up(cout) // cout * (-(-cin // (2 * blk)) * 2 * blk) // cin
+            scratch = brgconv_bwd_w_scratch(threads, *geom, bias="bias" in ctx.params) if need_w else 0
+        else:  # grouped (jit_dw): per-thread float32 accumulators, or an output-sized buffer
             scratch = max(threads * wf + (0 if whole and not plain else wf // 4), min(o, 1 << 20))
         p2 = held + o + i + gw + scratch if need_w else 0
         leaves = (i if need_i else 0) + (w if need_w else 0)

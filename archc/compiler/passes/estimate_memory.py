@@ -29,7 +29,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 
-from ..devices import AUTOCAST_LOW, DEVICES, Device, lookup, parse_bytes, suggest, with_overrides
+from ..devices import DEVICES, Device, lookup, parse_bytes, suggest, with_overrides
 from ..diagnostics import CompileError, Diagnostic, Span
 from ..dims import Sym
 from ..ir import Graph, Node, TensorType
@@ -1321,7 +1321,7 @@ class _Sim:
             L.unref(st)
 
     def node_backward(self, pl: _Plan, got: list) -> None:
-        m, L, c = self.m, self.live, self.c
+        L = self.live
         grads = self.grads
         if pl.phases:
             new_grads = self._phased_backward(pl, got)
