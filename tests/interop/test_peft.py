@@ -12,6 +12,7 @@ import archc
 from archc.interop import hf
 from archc.interop.peft import export_peft, load_peft, lora_plan, read_peft
 from archc.runtime.lora import load_base, lora_layers, merge, unmerge
+from tests.compiler.passes.test_insert_lora import FIGURES
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -67,32 +68,7 @@ def test_archc_counts_are_peft_s_counts():
     }
     assert cases["A"] == (294_912, 124_734_720) and cases["B"] == (294_912, 109_777_152)
     assert cases["C"][0] == 552_960 and cases["D"][0] == 1_179_648 and cases["E"][1] - cases["A"][1] == 147_456
-    spec = """
-import std.gpt
-import std.bert
-finetune A for GPT2() {
-    freeze("*")
-    lora(on="h.*.attn.c_attn", r=8, alpha=16)
-}
-finetune B for BERT() {
-    freeze("*")
-    lora(on="**.query, **.value", r=8, alpha=16)
-}
-finetune C for GPT2() {
-    freeze("*")
-    lora(on="**.c_attn, **.c_proj", r=8, alpha=16, rank_pattern=[["**.c_proj", 4]])
-}
-finetune D for GPT2() {
-    freeze("*")
-    lora(on="all-linear", r=8, alpha=16)
-}
-finetune E for GPT2() {
-    freeze("*")
-    lora(on="h.*.attn.c_attn", r=8, alpha=16)
-    lora(on="h.*.attn.c_attn", r=4, alpha=8, name="second")
-}
-"""
-    prog = archc.parse(spec, "figures.arch")
+    prog = archc.parse(FIGURES, "figures.arch")  # the same plans test_insert_lora.py checks
     for plan, (trainable, total) in cases.items():
         report = prog.check(plan=plan)
         assert (report.trainable, report.params) == (trainable, total), plan
