@@ -59,6 +59,14 @@ def run(low, xs) -> list[torch.Tensor]:
     return list(y) if isinstance(y, (tuple, list)) else [y]
 
 
+def run_op(name: str, xs: list[torch.Tensor], *args, **kw):
+    """Lower op `name` for the tensors `xs` and run it: (its output, the module it built or None)."""
+    op, a = make(name, *args, **kw)
+    ins = [TensorType(tuple(x.shape), str(x.dtype).removeprefix("torch.")) for x in xs]
+    fn, mod = resolve(op.lower(a, ins, op.infer(a, ins)), len(xs))
+    return fn(*xs), mod
+
+
 def check(name: str, shapes: list, *args, dtype: str = "float32", sym: bool = True,
           flops: bool = False, **kw) -> list[TensorType]:
     """Check infer, params/buffers and lowering of `name` on inputs of `shapes`.

@@ -10,16 +10,7 @@ import torch.nn.functional as F
 
 import archc
 from archc.compiler.ir import TensorType
-from opcheck import B, check, fails, infer, make, resolve
-
-
-def run(name, xs, *args, **kw):
-    """Lower `name` for tensors `xs` and run it; returns (output, module or None)."""
-    op, a = make(name, *args, **kw)
-    ins = [TensorType(tuple(x.shape), str(x.dtype).removeprefix("torch.")) for x in xs]
-    low = op.lower(a, ins, op.infer(a, ins))
-    fn, mod = resolve(low, len(xs))
-    return fn(*xs), mod
+from opcheck import B, check, fails, infer, make, run_op
 
 
 def codes(text, model=None):
@@ -33,17 +24,17 @@ def codes(text, model=None):
 def test_cross_entropy_matches_torch():
     torch.manual_seed(0)
     logits, labels = torch.randn(6, 5), torch.randint(0, 5, (6,))
-    out, _ = run("cross_entropy", [logits, labels])
+    out, _ = run_op("cross_entropy", [logits, labels])
     torch.testing.assert_close(out, F.cross_entropy(logits, labels))
-    out, _ = run("cross_entropy", [logits, labels], label_smoothing=0.1)
+    out, _ = run_op("cross_entropy", [logits, labels], label_smoothing=0.1)
     torch.testing.assert_close(out, F.cross_entropy(logits, labels, label_smoothing=0.1))
-    out, _ = run("cross_entropy", [logits, labels], reduction="batchmean")
+    out, _ = run_op("cross_entropy", [logits, labels], reduction="batchmean")
     torch.testing.assert_close(out, F.cross_entropy(logits, labels, reduction="sum") / 6)
     seq, tgt = torch.randn(2, 3, 7), torch.randint(0, 7, (2, 3))  # classes last, as the language lays out sequences
-    out, _ = run("cross_entropy", [seq, tgt])
+    out, _ = run_op("cross_entropy", [seq, tgt])
     torch.testing.assert_close(out, F.cross_entropy(seq.permute(0, 2, 1), tgt))
     probs = torch.softmax(torch.randn(6, 5), -1)
-    out, _ = run("cross_entropy", [logits, probs])
+    out, _ = run_op("cross_entropy", [logits, probs])
     torch.testing.assert_close(out, -(probs * torch.log_softmax(logits, -1)).sum(-1).mean())
 
 
@@ -70,13 +61,13 @@ def test_cross_entropy_shapes():
 def test_mse_and_masked_mse():
     torch.manual_seed(0)
     p, t = torch.randn(3, 5, 4), torch.randn(3, 5, 4)
-    out, _ = run("mse", [p, t])
+    out, _ = run_op("mse", [p, t])
     torch.testing.assert_close(out, F.mse_loss(p, t))
-    out, _ = run("mse", [p, t], reduction="batchmean")
+    out, _ = run_op("mse", [p, t], reduction="batchmean")
     torch.testing.assert_close(out, ((p - t) ** 2).sum() / 3)
     mask = (torch.rand(3, 5) > 0.5).float()
     mask[0, 0] = 1
-    out, mod = run("mse", [p, t, mask])
+    out, mod = run_op("mse", [p, t, mask])
     per_patch = ((p - t) ** 2).mean(-1)
     torch.testing.assert_close(out, (per_patch * mask).sum() / mask.sum())
     assert mod is not None and not mod.state_dict()
@@ -88,7 +79,7 @@ def test_mse_and_masked_mse():
 def test_bce_with_logits():
     torch.manual_seed(0)
     z, t = torch.randn(4, 1, 8, 8), torch.rand(4, 1, 8, 8)
-    out, _ = run("bce_with_logits", [z, t], reduction="batchmean")
+    out, _ = run_op("bce_with_logits", [z, t], reduction="batchmean")
     direct = -(t * F.logsigmoid(z) + (1 - t) * F.logsigmoid(-z)).sum() / 4
     torch.testing.assert_close(out, direct)
 
@@ -104,7 +95,7 @@ def test_bce_with_logits():
 ])
 def test_gan_loss(kind, target, expected):
     d = torch.randn(6, 1)
-    out, _ = run("gan_loss", [d], kind=kind, target=target)
+    out, _ = run_op("gan_loss", [d], kind=kind, target=target)
     torch.testing.assert_close(out, expected(d))
 
 
@@ -128,13 +119,13 @@ def test_nt_xent_against_a_reference():
     torch.manual_seed(0)
     z1, z2 = torch.randn(5, 8), torch.randn(5, 8)
     for t in (0.5, 0.1):
-        out, mod = run("nt_xent", [z1, z2], t)
+        out, mod = run_op("nt_xent", [z1, z2], t)
         torch.testing.assert_close(out, nt_xent_reference(z1, z2, t))
         assert not mod.state_dict()
     check("nt_xent", [(4, 16), (4, 16)])
     # identical views far from each other's negatives: the loss is small
     e = torch.eye(4) * 10
-    small, _ = run("nt_xent", [e, e], 0.1)
+    small, _ = run_op("nt_xent", [e, e], 0.1)
     assert float(small) < 1e-3
 
 
@@ -146,10 +137,10 @@ def test_nt_xent_errors():
 def test_byol_loss():
     torch.manual_seed(0)
     p, z = torch.randn(6, 8), torch.randn(6, 8)
-    out, _ = run("byol_loss", [p, z])
+    out, _ = run_op("byol_loss", [p, z])
     pn, zn = p / p.norm(dim=1, keepdim=True), z / z.norm(dim=1, keepdim=True)
     torch.testing.assert_close(out, (2 - 2 * (pn * zn).sum(1)).mean())
-    same, _ = run("byol_loss", [p, 3 * p])
+    same, _ = run_op("byol_loss", [p, 3 * p])
     assert abs(float(same)) < 1e-6
     fails("E1102", "byol_loss", [(4, 8), (4, 16)])
 
@@ -157,7 +148,7 @@ def test_byol_loss():
 def test_kl_normal_against_the_closed_form():
     torch.manual_seed(0)
     mu, logvar = torch.randn(4, 3), torch.randn(4, 3)
-    out, _ = run("kl_normal", [mu, logvar])
+    out, _ = run_op("kl_normal", [mu, logvar])
     var = logvar.exp()
     # KL(N(mu, var) || N(0, 1)) per dimension: (var + mu^2 - 1 - log var) / 2
     closed = ((var + mu ** 2 - 1 - logvar) / 2).sum() / 4
@@ -165,9 +156,9 @@ def test_kl_normal_against_the_closed_form():
     q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
     p = torch.distributions.Normal(torch.zeros(4, 3), torch.ones(4, 3))
     torch.testing.assert_close(out, torch.distributions.kl_divergence(q, p).sum(1).mean())
-    zero, _ = run("kl_normal", [torch.zeros(2, 3), torch.zeros(2, 3)])
+    zero, _ = run_op("kl_normal", [torch.zeros(2, 3), torch.zeros(2, 3)])
     assert float(zero) == 0.0
-    out, _ = run("kl_normal", [mu, logvar], reduction="mean")
+    out, _ = run_op("kl_normal", [mu, logvar], reduction="mean")
     torch.testing.assert_close(out, ((var + mu ** 2 - 1 - logvar) / 2).mean())
     fails("E1102", "kl_normal", [(4, 3), (4, 2)])
 
@@ -175,7 +166,7 @@ def test_kl_normal_against_the_closed_form():
 def test_clip_loss_is_a_symmetric_cross_entropy():
     torch.manual_seed(0)
     img, txt = torch.randn(5, 8), torch.randn(5, 8)
-    out, mod = run("clip_loss", [img, txt])
+    out, mod = run_op("clip_loss", [img, txt])
     assert list(mod.state_dict()) == ["logit_scale"]
     s = mod.logit_scale.detach().exp()
     assert math.isclose(float(s), 1 / 0.07, rel_tol=1e-5)
@@ -186,11 +177,11 @@ def test_clip_loss_is_a_symmetric_cross_entropy():
     text_to_image = F.cross_entropy(logits.T, labels)
     torch.testing.assert_close(out, (image_to_text + text_to_image) / 2)
     # symmetric in its two inputs
-    swapped, _ = run("clip_loss", [txt, img])
+    swapped, _ = run_op("clip_loss", [txt, img])
     torch.testing.assert_close(out, swapped)
     out.backward()
     assert mod.logit_scale.grad is not None
-    fixed, mod = run("clip_loss", [img, txt], logit_scale=0.0, learn=False)
+    fixed, mod = run_op("clip_loss", [img, txt], logit_scale=0.0, learn=False)
     assert not mod.state_dict()
     torch.testing.assert_close(fixed, (F.cross_entropy(i @ t.T, labels) + F.cross_entropy(t @ i.T, labels)) / 2)
     check("clip_loss", [(4, 8), (4, 8)])
@@ -216,15 +207,15 @@ def test_ensemble_shapes_and_weights():
 def test_ensemble_modes():
     torch.manual_seed(0)
     zs = [torch.randn(6, 4) for _ in range(3)]
-    out, mod = run("ensemble", zs)
+    out, mod = run_op("ensemble", zs)
     mean = sum(torch.softmax(z, -1) for z in zs) / 3
     torch.testing.assert_close(out.exp(), mean)
-    out, mod = run("ensemble", zs, mode="vote")
+    out, mod = run_op("ensemble", zs, mode="vote")
     votes = sum(F.one_hot(z.argmax(-1), 4).float() for z in zs)
     assert torch.equal(out.argmax(-1), (votes + 1e-4 * mean).argmax(-1))
     mod.member_weights.copy_(torch.tensor([5.0, 1.0, 1.0]))  # a weighted vote: member 1 decides
     assert torch.equal(mod(*zs).argmax(-1), zs[0].argmax(-1))
-    out, mod = run("ensemble", zs, mode="stack")
+    out, mod = run_op("ensemble", zs, mode="stack")
     feats = torch.cat([torch.softmax(z, -1) for z in zs], -1)
     torch.testing.assert_close(out, feats @ mod.weight.T + mod.bias)
 

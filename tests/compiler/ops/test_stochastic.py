@@ -10,17 +10,9 @@ import archc
 import archc.cli
 from archc.compiler.ir import TensorType
 from archc.compiler.ops.stochastic import check_graph, ema_pairs, weights_under
-from opcheck import B, check, fails, infer, make, resolve
+from opcheck import B, check, fails, infer, make, run_op
 
 SPECS = Path(archc.__file__).parent / "specs"
-
-
-def run(name, xs, *args, **kw):
-    op, a = make(name, *args, **kw)
-    ins = [TensorType(tuple(x.shape), str(x.dtype).removeprefix("torch.")) for x in xs]
-    low = op.lower(a, ins, op.infer(a, ins))
-    fn, mod = resolve(low, len(xs))
-    return fn(*xs), mod
 
 
 # -- reparameterize --------------------------------------------------------------------------------
@@ -30,7 +22,7 @@ def test_reparameterize_samples_and_differentiates():
     torch.manual_seed(0)
     mu = torch.full((20000, 2), 1.5, requires_grad=True)
     logvar = torch.full((20000, 2), 2 * torch.log(torch.tensor(0.5)).item(), requires_grad=True)
-    z, _ = run("reparameterize", [mu, logvar])
+    z, _ = run_op("reparameterize", [mu, logvar])
     assert abs(float(z.detach().mean()) - 1.5) < 0.02 and abs(float(z.detach().std()) - 0.5) < 0.02
     z.sum().backward()
     assert torch.equal(mu.grad, torch.ones_like(mu))  # dz/dmu = 1
@@ -54,20 +46,20 @@ def test_random_mask_shapes():
 def test_random_mask_then_restore_round_trips():
     torch.manual_seed(0)
     x = torch.randn(3, 16, 5)
-    (kept, mask, ids), _ = run("random_mask", [x], 0.75)
+    (kept, mask, ids), _ = run_op("random_mask", [x], 0.75)
     assert kept.shape == (3, 4, 5) and torch.equal(mask.sum(1), torch.full((3,), 12.0))
     # the kept tokens are exactly the unmasked positions, each example shuffled by its own permutation
     for b in range(3):
         got = {tuple(t.tolist()) for t in kept[b]}
         assert got == {tuple(x[b, i].tolist()) for i in range(16) if mask[b, i] == 0}
     assert len({tuple(torch.nonzero(mask[b] == 0).flatten().tolist()) for b in range(3)}) > 1
-    full, mod = run("restore", [kept, ids])
+    full, mod = run_op("restore", [kept, ids])
     assert full.shape == (3, 16, 5) and list(mod.state_dict()) == ["mask_token"]
     for b in range(3):
         for i in range(16):
             expected = x[b, i] if mask[b, i] == 0 else mod.mask_token[0, 0]
             torch.testing.assert_close(full[b, i], expected)
-    zeros, mod = run("restore", [kept, ids], token=False)
+    zeros, mod = run_op("restore", [kept, ids], token=False)
     assert not mod.state_dict() and float(zeros[mask.bool()].abs().sum()) == 0
 
 
@@ -102,7 +94,7 @@ def test_restore_in_a_pipeline_takes_ids_by_keyword():
 def test_detach():
     check("detach", [(2, 3)])
     x = torch.randn(2, 3, requires_grad=True)
-    y, _ = run("detach", [x])
+    y, _ = run_op("detach", [x])
     assert not y.requires_grad
     assert infer("stop_gradient", [(B, 3)])[0].shape == (B, 3)
 
@@ -113,9 +105,9 @@ def test_ema_op_is_the_identity_and_names_the_pair():
     low = op.lower(a, [TensorType((B, 8))], [TensorType((B, 8))])
     assert low.args == ("target", "online") and low.kwargs == {"decay": 0.9}
     x = torch.randn(2, 8, requires_grad=True)
-    y, mod = run("ema", [x], "target", "online", 0.9)
+    y, mod = run_op("ema", [x], "target", "online", 0.9)
     assert torch.equal(y, x) and not y.requires_grad and not mod.state_dict()
-    y, _ = run("ema", [x], "target", "online", 0.0, detach=False)
+    y, _ = run_op("ema", [x], "target", "online", 0.0, detach=False)
     assert y.requires_grad
     fails("E1103", "ema", [(2, 8)], "online", "online")
     with pytest.raises(archc.CompileError) as e:
