@@ -24,7 +24,11 @@ import _timing as T
 
 
 def fill_(module, seed: int = 0, std: float = 0.02) -> None:
-    """Deterministic pseudo-random weights (windows of one random pool; layer-norm scales near 1)."""
+    """Deterministic pseudo-random weights, fast: every parameter is a window of one random
+    pool; norm scales (1-D `weight`s of norm layers) are 1 + noise so activations keep their size.
+    (tests/specs/test_transformer_parity.py fills its reference models with this too.)"""
+    import re
+
     import torch
 
     pool = torch.randn(1 << 20, generator=torch.Generator().manual_seed(seed))
@@ -36,7 +40,7 @@ def fill_(module, seed: int = 0, std: float = 0.02) -> None:
                 k = min(n - pos, pool.numel() - off)
                 flat[pos:pos + k].copy_(pool[off:off + k])
                 pos, off = pos + k, 0
-            norm = p.dim() == 1 and name.endswith("weight") and ("ln" in name)
+            norm = p.dim() == 1 and name.endswith("weight") and re.search(r"(norm|ln|LayerNorm)", name, re.I)
             flat.mul_(0.1 if norm else std)
             if norm:
                 flat.add_(1.0)

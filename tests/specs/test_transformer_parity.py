@@ -38,6 +38,8 @@ from archc.interop import hf
 torch = pytest.importorskip("torch")
 
 ROOT = Path(archc.__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from gpt2_train_step import fill_ as _fill  # noqa: E402  (deterministic weights, shared with the benchmark)
 SPECS = Path(archc.__file__).resolve().parent / "specs"
 _programs: dict[str, archc.Program] = {}
 
@@ -51,23 +53,6 @@ def program(name: str) -> archc.Program:
 def n_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
-
-def _fill(module, seed: int = 0, std: float = 0.02) -> None:
-    """Deterministic pseudo-random weights, fast: every parameter is a window of one random
-    pool; norm scales (1-D `weight`s of norm layers) are 1 + noise so activations keep their size."""
-    pool = torch.randn(1 << 20, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        for i, (name, p) in enumerate(module.named_parameters()):
-            flat = p.view(-1)
-            n, off, pos = flat.numel(), (i * 7919) % pool.numel(), 0
-            while pos < n:
-                k = min(n - pos, pool.numel() - off)
-                flat[pos:pos + k].copy_(pool[off:off + k])
-                pos, off = pos + k, 0
-            norm = p.dim() == 1 and name.endswith("weight") and re.search(r"(norm|ln|LayerNorm)", name, re.I)
-            flat.mul_(0.1 if norm else std)
-            if norm:
-                flat.add_(1.0)
 
 
 @contextlib.contextmanager
