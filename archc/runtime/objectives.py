@@ -211,6 +211,8 @@ class Augment:
     "rotate" (view = the input turned by k·90°, pretext = k) or "jigsaw" (tiles of a
     `grid` x `grid` cut, shuffled by one of the (grid²)! permutations, pretext = its index)."""
 
+    # the fields of archc.compiler.plans.Augment, repeated: runtime never imports the compiler
+    # (tests/specs/test_ssl_specs.py keeps the two the same)
     pretext: str = "none"
     rotate: float = 15.0
     scale: tuple[float, float] = (0.8, 1.1)

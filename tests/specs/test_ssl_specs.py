@@ -252,3 +252,15 @@ def test_closing_note_results():
     assert mean([x["trained"] for x in r["simclr"]]) > mean([x["random"] for x in r["simclr"]])
     assert all(x["test_elbo_after"] > x["test_elbo_before"] for x in r["vae"])
     print(json.dumps(r, indent=1))
+
+
+def test_runtime_augment_defaults_are_the_directive_s():
+    """archc.runtime cannot import the compiler, so its Augment repeats the `augment(...)`
+    directive's fields: they must stay the same, defaults included."""
+    import dataclasses
+
+    from archc.compiler.plans import Augment as Directive
+    from archc.runtime.objectives import Augment
+
+    runtime = {f.name: f.default for f in dataclasses.fields(Augment)}
+    assert runtime == {k: f.default for k, f in Directive.model_fields.items()}
